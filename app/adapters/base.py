@@ -1,0 +1,89 @@
+"""The one typed interface every provider adapter implements.
+
+The image service validates and prices a request, then hands each route's adapter an
+`ImageRequest`: the prompt, `n`, the validated model parameters (defaults applied, sizing
+translated), and the fields the model did not declare (`extra`, forwarded unchanged). The
+adapter reshapes that into its provider's own wire format, performs the call(s) through the
+shared `httpx.AsyncClient` it was built with, and returns raw image bytes as an
+`AdapterResult`. Decoding base64, downloading result URLs (size-limited), polling async jobs
+and fanning `n` out into concurrent calls are the adapter's business; transcoding to the
+requested `output_format` and reading the real size are the service's (done once, for every
+provider alike).
+
+Adapters never read the environment: credentials arrive in the `ProviderConfig`. Provider
+failures are translated into `app.errors` classes (`UpstreamError`, `UpstreamTimeout`,
+`UpstreamUnavailable`, `ContentBlocked`, ...) inside the adapter, chained with `from exc`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import httpx
+
+from app.catalog.schema import OutputFormat, ProviderConfig
+
+SizingStyle = Literal["pixel", "tier", "aspect", "preset", "none"]
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRequest:
+    prompt: str
+    n: int
+    output_format: OutputFormat
+    #: the model's sizing style, from its declared parameters
+    sizing: SizingStyle
+    #: what an OpenAI-style upstream should get as `size`: "WxH" (pixel/tier/aspect styles),
+    #: the preset value (preset style), or None (let the upstream decide)
+    size: str | None
+    #: validated, declared model parameters, defaults applied (sizing fields included)
+    params: dict[str, Any]
+    quality: str | None = None
+    seed: int | None = None
+    #: fields the model does not declare, forwarded unchanged
+    extra: dict[str, Any] = field(default_factory=dict)
+    user: str | None = None
+    #: edits: reference images (raw bytes, already sniffed) and an optional mask
+    images: tuple[bytes, ...] = ()
+    mask: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamImage:
+    data: bytes
+    revised_prompt: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUsage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    input_tokens_details: dict[str, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterResult:
+    images: list[UpstreamImage]
+    usage: TokenUsage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterContext:
+    """What every adapter is built with at start-up: the shared client and the limits."""
+
+    http: httpx.AsyncClient
+    max_download_bytes: int
+
+
+class ImageAdapter(Protocol):
+    """One provider's adapter, built once per catalog provider."""
+
+    async def generate(self, request: ImageRequest, *, upstream_model: str) -> AdapterResult:
+        """Produce up to `request.n` images; fewer is allowed (the caller bills what came)."""
+        ...
+
+
+class AdapterFactory(Protocol):
+    def __call__(self, provider: ProviderConfig, context: AdapterContext) -> ImageAdapter: ...
