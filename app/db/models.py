@@ -19,6 +19,7 @@ from datetime import datetime
 from sqlalchemy import (
     JSON,
     BigInteger,
+    CheckConstraint,
     DateTime,
     ForeignKey,
     Index,
@@ -41,6 +42,8 @@ class Base(DeclarativeBase):
 
 class Account(Base):
     __tablename__ = "accounts"
+    # the last line of defence: no statement can ever take a balance below zero
+    __table_args__ = (CheckConstraint("balance_micros >= 0", name="ck_accounts_balance_nonneg"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
