@@ -1,0 +1,96 @@
+"""Exception handlers: every failure leaves as `{"error": {message, type, param, code}}`.
+
+One place maps everything a request can raise into the OpenAI error shape:
+- `GatewayError` subclasses render themselves (status, headers such as `x-should-retry`).
+- FastAPI's `RequestValidationError` (admin bodies, query strings) becomes a 400 naming the
+  first offending field.
+- Starlette's HTTP exceptions (unknown route, wrong method) keep their status.
+- Database outages become 503 `SERVICE_UNAVAILABLE` with `Retry-After`.
+- Anything else is a bug: logged with its traceback, answered with a bare 500, never leaked.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from app.errors import (
+    GatewayError,
+    InternalError,
+    InvalidParameter,
+    InvalidRequest,
+    NotFound,
+    ServiceUnavailable,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def error_response(error: GatewayError) -> Response:
+    return Response(
+        orjson.dumps(error.body()),
+        status_code=error.status,
+        headers=error.headers(),
+        media_type="application/json",
+    )
+
+
+def _validation_error(exc: RequestValidationError) -> GatewayError:
+    errors = exc.errors()
+    if not errors:
+        return InvalidRequest("The request is invalid.")
+    first = errors[0]
+    location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query")]
+    param = ".".join(location) or None
+    if first.get("type") == "json_invalid":
+        return InvalidRequest("The request body is not valid JSON.")
+    message = str(first.get("msg", "invalid value"))
+    return InvalidParameter(f"Invalid value for '{param}': {message}", param=param)
+
+
+def _http_error(exc: StarletteHTTPException) -> GatewayError:
+    if exc.status_code == 404:
+        return NotFound("Not found: no route matches this path.", code="NOT_FOUND")
+    error = GatewayError(str(exc.detail), code=f"HTTP_{exc.status_code}")
+    error.status = exc.status_code  # type: ignore[misc]  # instance override of the class default
+    error.type = "invalid_request_error" if exc.status_code < 500 else "server_error"  # type: ignore[misc]
+    return error
+
+
+def register_error_handlers(app: FastAPI) -> None:
+    async def on_gateway_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, GatewayError)
+        return error_response(exc)
+
+    async def on_validation_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        return error_response(_validation_error(exc))
+
+    async def on_http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        return error_response(_http_error(exc))
+
+    async def on_database_error(_: Request, exc: Exception) -> Response:
+        logger.error("database unavailable: %s", type(exc).__name__)
+        return error_response(
+            ServiceUnavailable("The gateway's database is unavailable.", retry_after=5)
+        )
+
+    async def on_unexpected(_: Request, exc: Exception) -> Response:
+        logger.exception("unhandled error", exc_info=exc)
+        return error_response(InternalError("The gateway hit an internal error."))
+
+    app.add_exception_handler(GatewayError, on_gateway_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    for db_error in (OperationalError, PoolTimeoutError, ConnectionError):
+        app.add_exception_handler(db_error, on_database_error)
+    app.add_exception_handler(DBAPIError, on_database_error)
+    app.add_exception_handler(Exception, on_unexpected)

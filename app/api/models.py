@@ -1,0 +1,32 @@
+"""`GET /v1/models` and `GET /v1/models/{id}`, scoped to what the caller's key may use.
+
+Entries are precomputed at catalog load (`CompiledModel.public`), so listing is a filter and
+one serialisation. Ids may contain `/` (the path converter takes the rest of the path, and
+`%2F` arrives decoded).
+"""
+
+from __future__ import annotations
+
+import orjson
+from fastapi import APIRouter
+from starlette.responses import Response
+
+from app.api.deps import CurrentKey, GatewayDep
+from app.errors import NotFound
+
+router = APIRouter(prefix="/v1", tags=["models"])
+
+
+@router.get("/models")
+async def list_models(gateway: GatewayDep, key: CurrentKey) -> Response:
+    data = [m.public for m in gateway.catalog.models.values() if key.allows(m.id)]
+    return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
+
+
+@router.get("/models/{model_id:path}")
+async def get_model(model_id: str, gateway: GatewayDep, key: CurrentKey) -> Response:
+    model = gateway.catalog.get(model_id)
+    if model is None or not key.allows(model_id):
+        raise NotFound(f"The model '{model_id}' does not exist.", code="model_not_found",
+                       param="model")
+    return Response(orjson.dumps(model.public), media_type="application/json")

@@ -1,0 +1,109 @@
+"""The process-wide `Gateway`: everything built once at start-up and shared by every request.
+
+`open_gateway(settings)` is the application's lifespan: it loads and compiles the catalog, opens
+one database engine and ONE pooled `httpx.AsyncClient`, builds one adapter per catalog provider,
+the ledger, key services, rate limiter and the background sweeper, and tears it all down in
+reverse order. Routes reach it as `request.app.state.gateway`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.adapters.base import AdapterContext, ImageAdapter
+from app.adapters.registry import build_adapter
+from app.catalog.loader import Catalog, load_catalog
+from app.db.engine import make_engine
+from app.keys.auth import KeyAuthenticator
+from app.keys.service import KeyService
+from app.ledger.idempotency import IdempotencyStore
+from app.ledger.service import Ledger
+from app.ledger.sweeper import Sweeper
+from app.ratelimit import make_rate_limiter
+from app.ratelimit.base import RateLimiter
+from app.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Gateway:
+    settings: Settings
+    catalog: Catalog
+    engine: AsyncEngine
+    http: httpx.AsyncClient
+    #: one adapter per catalog provider, by provider name
+    adapters: dict[str, ImageAdapter]
+    ledger: Ledger
+    keys: KeyService
+    authenticator: KeyAuthenticator
+    idempotency: IdempotencyStore
+    rate_limiter: RateLimiter
+
+
+def make_http_client(settings: Settings) -> httpx.AsyncClient:
+    limits = httpx.Limits(
+        max_connections=settings.upstream_max_connections,
+        max_keepalive_connections=settings.upstream_max_connections,
+        keepalive_expiry=60,
+    )
+    # per-provider timeouts are applied per call by the adapters
+    return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(120.0), follow_redirects=False)
+
+
+def build_adapters(catalog: Catalog, context: AdapterContext) -> dict[str, ImageAdapter]:
+    return {name: build_adapter(provider, context) for name, provider in catalog.providers.items()}
+
+
+@contextlib.asynccontextmanager
+async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
+    catalog = load_catalog(settings.gateway_config, os.environ)
+    for warning in catalog.warnings:
+        logger.warning("catalog: %s", warning)
+    engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
+    http = make_http_client(settings)
+    rate_limiter = make_rate_limiter(settings.redis_url)
+    ledger = Ledger(engine)
+    gateway = Gateway(
+        settings=settings,
+        catalog=catalog,
+        engine=engine,
+        http=http,
+        adapters=build_adapters(
+            catalog, AdapterContext(http=http, max_download_bytes=settings.max_download_bytes)
+        ),
+        ledger=ledger,
+        keys=KeyService(engine),
+        authenticator=KeyAuthenticator(
+            engine,
+            ttl_s=settings.key_cache_ttl_s,
+            default_rpm=settings.default_key_rpm,
+            default_max_concurrency=settings.default_key_max_concurrency,
+        ),
+        idempotency=IdempotencyStore(engine),
+        rate_limiter=rate_limiter,
+    )
+    sweeper = Sweeper(ledger)
+    sweeper_task = asyncio.create_task(
+        sweeper.run_forever(
+            interval_s=settings.sweep_interval_s, hold_timeout_s=settings.hold_timeout_s
+        ),
+        name="ledger-sweeper",
+    )
+    try:
+        yield gateway
+    finally:
+        sweeper_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper_task
+        await rate_limiter.aclose()
+        await http.aclose()
+        await engine.dispose()

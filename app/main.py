@@ -1,0 +1,52 @@
+"""The FastAPI application factory.
+
+`create_app()` wires routes, the request-id middleware and the error handlers; the lifespan
+builds the shared `Gateway` once (see `app.gateway`). Run it with `image-gateway serve`
+(or `uvicorn app.main:create_app --factory`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app import __version__
+from app.admin.endpoints import router as admin_router
+from app.api.errors import register_error_handlers
+from app.api.images import router as images_router
+from app.api.models import router as models_router
+from app.api.request_id import RequestIdMiddleware
+from app.gateway import open_gateway
+from app.settings import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with open_gateway(settings) as gateway:
+            app.state.gateway = gateway
+            yield
+
+    app = FastAPI(
+        title="image-gateway",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    register_error_handlers(app)
+    app.include_router(images_router)
+    app.include_router(models_router)
+    app.include_router(admin_router)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.add_middleware(RequestIdMiddleware)
+    return app
