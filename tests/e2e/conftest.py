@@ -1,0 +1,147 @@
+"""End-to-end fixtures: a live gateway (real HTTP) in front of a real-HTTP mock OpenAI upstream,
+on SQLite and on Postgres, driven by the official `openai` SDK."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import openai
+import pytest
+
+from app.db.engine import make_engine
+from tests.mocks.openai_upstream import MockOpenAIUpstream
+from tests.support import factories
+from tests.support.live import LiveGateway, write_catalog
+
+UPSTREAM_KEY = "sk-upstream-secret-0123456789"
+
+CATALOG = """
+providers:
+  local:
+    adapter: local-preview
+  mockai:
+    adapter: openai
+    base_url: {upstream}
+    api_key: ${{TEST_MOCK_UPSTREAM_KEY}}
+  nokey:
+    adapter: openai
+    base_url: {upstream}
+    api_key: ${{TEST_UNSET_VARIABLE_FOR_HIDDEN_MODEL}}
+
+models:
+  local-preview:
+    owned_by: image-gateway
+    routes: [{{provider: local}}]
+    prompt_max_length: 1000
+    max_n: 4
+    output_formats: [png, jpeg, webp]
+    parameters:
+      width:  {{type: integer, min: 64, max: 2048, multiple_of: 8, default: 256}}
+      height: {{type: integer, min: 64, max: 2048, multiple_of: 8, default: 256}}
+      seed:   {{type: integer, min: 0}}
+    edit: {{supported: true, max_reference_images: 4}}
+    pricing:
+      per_image: 0.001
+  gpt-image-1:
+    owned_by: openai
+    routes: [{{provider: mockai}}]
+    max_n: 4
+    output_formats: [png, jpeg, webp]
+    parameters:
+      image_size: {{type: enum, values: [auto, 1024x1024, 1536x1024, 1024x1536], default: auto}}
+      quality: {{type: enum, values: [low, medium, high, auto], default: auto}}
+    pricing:
+      per_image:
+        by: [quality, image_size]
+        values:
+          low:    {{auto: 0.016, 1024x1024: 0.011, 1536x1024: 0.016, 1024x1536: 0.016}}
+          medium: {{auto: 0.063, 1024x1024: 0.042, 1536x1024: 0.063, 1024x1536: 0.063}}
+          high:   {{auto: 0.25, 1024x1024: 0.167, 1536x1024: 0.25, 1024x1536: 0.25}}
+          auto:   {{auto: 0.25, 1024x1024: 0.167, 1536x1024: 0.25, 1024x1536: 0.25}}
+  vendor/tier-model:
+    owned_by: vendor
+    routes: [{{provider: mockai, upstream_model: tier-upstream}}]
+    max_n: 2
+    output_formats: [png, jpeg]
+    parameters:
+      aspect_ratio: {{type: enum, values: [auto, "1:1", "16:9", "9:16"], default: auto}}
+      resolution: {{type: enum, values: [1K, 2K], default: 1K}}
+    pricing:
+      per_image: {{by: resolution, values: {{1K: 0.134, 2K: 0.2}}}}
+  aspect-model:
+    routes: [{{provider: mockai}}]
+    parameters:
+      aspect_ratio: {{type: enum, values: ["1:1", "16:9", "9:16"], default: "1:1"}}
+    pricing:
+      per_image: 0.02
+  pixel-model:
+    routes: [{{provider: mockai}}]
+    output_formats: [png, webp]
+    parameters:
+      width:  {{type: integer, min: 256, max: 1536, multiple_of: 16, default: 1024}}
+      height: {{type: integer, min: 256, max: 1536, multiple_of: 16, default: 1024}}
+    pricing:
+      per_megapixel: 0.01
+  hidden-model:
+    routes: [{{provider: nokey}}]
+    pricing:
+      per_image: 0.01
+"""
+
+
+@dataclass
+class Env:
+    gateway: LiveGateway
+    upstream: MockOpenAIUpstream
+    database_url: str
+    account_id: str
+    key_id: str
+    secret: str
+
+    def client(self, secret: str | None = None, **kwargs: object) -> openai.OpenAI:
+        kwargs.setdefault("max_retries", 0)
+        return openai.OpenAI(
+            base_url=self.gateway.base_url, api_key=secret or self.secret, **kwargs  # type: ignore[arg-type]
+        )
+
+    def run(self, coro):  # type: ignore[no-untyped-def]
+        """Run a DB coroutine (factories, checks) on a private engine in this thread."""
+
+        async def wrapped():  # type: ignore[no-untyped-def]
+            engine = make_engine(self.database_url)
+            try:
+                return await coro(engine)
+            finally:
+                await engine.dispose()
+
+        return asyncio.run(wrapped())
+
+
+@pytest.fixture
+def upstream() -> Iterator[MockOpenAIUpstream]:
+    with MockOpenAIUpstream(api_key=UPSTREAM_KEY) as mock:
+        yield mock
+
+
+@pytest.fixture
+def env(
+    database_url: str, upstream: MockOpenAIUpstream, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Env]:
+    monkeypatch.setenv("TEST_MOCK_UPSTREAM_KEY", UPSTREAM_KEY)
+    monkeypatch.delenv("TEST_UNSET_VARIABLE_FOR_HIDDEN_MODEL", raising=False)
+    catalog = write_catalog(tmp_path, CATALOG.format(upstream=upstream.base_url))
+
+    async def seed(engine):  # type: ignore[no-untyped-def]
+        account_id = await factories.make_account(engine, balance_micros=10_000_000)
+        key_id, secret = await factories.make_key(engine, account_id)
+        return account_id, key_id, secret
+
+    env = Env(None, upstream, database_url, "", "", "")  # type: ignore[arg-type]
+    env.account_id, env.key_id, env.secret = env.run(seed)
+    with LiveGateway(database_url=database_url, catalog_path=catalog) as gateway:
+        env.gateway = gateway
+        yield env
