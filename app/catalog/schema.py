@@ -88,7 +88,8 @@ class PerImagePrice(_Strict):
 
     price: Decimal | None = None
     by: str | list[str] | None = None
-    values: dict[str, Any] | None = None
+    #: keys may be numbers or booleans when the parameter's enum values are (YAML `1:`, `true:`)
+    values: dict[str | int | float | bool, Any] | None = None
 
 
 class PerMegapixelPrice(_Strict):
@@ -104,6 +105,8 @@ class PerTokenPrice(_Strict):
     max_output_tokens_per_image: int = Field(gt=0)
     #: worst-case input tokens (prompt), used for the up-front hold; default from prompt length
     max_input_tokens: int | None = None
+    #: worst-case input tokens added by each reference image of an edit (for the hold)
+    max_input_tokens_per_reference_image: int = Field(default=0, ge=0)
 
 
 class PricingSpec(_Strict):
@@ -117,18 +120,24 @@ class EditConfig(_Strict):
     max_reference_images: int = Field(default=1, ge=1, le=16)
 
 
+def _png() -> list[OutputFormat]:
+    return ["png"]
+
+
 class ModelConfig(_Strict):
     owned_by: str = "image-gateway"
     created: int = 1764000000
     routes: list[RouteConfig] = Field(min_length=1)
     prompt_max_length: int = Field(default=32000, gt=0)
     max_n: int = Field(default=1, ge=1, le=4)
-    output_formats: list[OutputFormat] = Field(default_factory=lambda: ["png"], min_length=1)
+    output_formats: list[OutputFormat] = Field(default_factory=_png, min_length=1)
     parameters: dict[str, ParameterSpec] = Field(default_factory=dict)
     edit: EditConfig = Field(default_factory=EditConfig)
     supports_streaming: bool = True
     partial_images: bool = False
     input_modalities: list[str] | None = None
+    #: pixel-sized models: the largest width * height accepted, in millions of pixels
+    max_megapixels: Decimal | None = Field(default=None, gt=0)
     output_modalities: list[str] = Field(default_factory=lambda: ["image"])
     pricing: PricingSpec
     description: str | None = None

@@ -1,0 +1,222 @@
+"""Loading `config/models.yaml` into a `Catalog`, once, at start-up.
+
+    catalog = load_catalog(Path(settings.gateway_config), os.environ)
+    model = catalog.get("local-preview")          # CompiledModel | None
+    validated = model.validate(body)              # ValidatedGeneration
+    hold = model.price.quote(validated.request)   # micro-dollars
+
+Steps, each failing with a `CatalogError` that names the file and the dotted field path:
+1. parse the YAML (duplicate keys are an error: YAML would silently keep the last one);
+2. substitute `${VAR}` / `${VAR:-default}` from `env` in every string value (`$${` is a
+   literal `${`); an unset VAR without a default becomes "" (`:-` also replaces an empty VAR,
+   as in the shell); substitution applies to values, never to keys;
+3. validate the shape with the pydantic `CatalogFile`;
+4. cross-check and compile every model (`app.catalog.parameters.compile_model`), hidden or not,
+   so a broken entry fails start-up even on a machine without the provider's secrets;
+5. drop the routes through providers that need an API key and have none; a model left without
+   routes is hidden (absent from `Catalog.models`) with a warning, not a crash (SPEC 3).
+
+Adapters that need no key: `local-preview`, and `openai` with `options: {auth: none}` (local
+OpenAI-compatible servers). Every other adapter needs `api_key`. Adapter names themselves are
+checked by the adapter registry when it builds the adapters, not here.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from app.catalog.errors import CatalogError, PathPart, dotted
+from app.catalog.parameters import CompiledModel, compile_model
+from app.catalog.schema import CatalogFile, ProviderConfig
+
+logger = logging.getLogger(__name__)
+
+#: adapters that authenticate without an api_key
+KEYLESS_ADAPTERS = frozenset({"local-preview"})
+
+_VARIABLE = re.compile(r"\$\$\{|\$\{([^}]*)\}")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: pydantic inserts union member names into error locations; they mean nothing to operators
+_UNION_TAGS = frozenset(
+    {"str", "int", "float", "bool", "decimal", "none", "list[str]", "dict[str,any]"}
+    | {"PerImagePrice", "PerMegapixelPrice", "PerTokenPrice"}
+)
+_PARAM_TYPES = frozenset({"enum", "integer", "number", "boolean", "string"})
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    """The usable catalog: providers with credentials, and the models routed through them."""
+
+    #: providers that can be called (those needing a key have one)
+    providers: dict[str, ProviderConfig]
+    #: visible models only, in file order; each keeps only its usable routes
+    models: dict[str, CompiledModel]
+    #: operator-facing notes about hidden models and dropped routes (also logged)
+    warnings: list[str] = field(default_factory=list)
+
+    def get(self, model_id: str) -> CompiledModel | None:
+        return self.models.get(model_id)
+
+
+def needs_api_key(provider: ProviderConfig) -> bool:
+    if provider.adapter in KEYLESS_ADAPTERS:
+        return False
+    return not (provider.adapter == "openai" and provider.options.get("auth") == "none")
+
+
+def load_catalog(path: Path, env: Mapping[str, str]) -> Catalog:
+    """Read, substitute, validate and compile the catalog file (see the module docstring)."""
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CatalogError(f"cannot read the catalog: {exc.strerror or exc}", file=file) from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader) or {}  # a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise CatalogError(f"invalid YAML: {exc}", file=file) from None
+    if not isinstance(raw, dict):
+        raise CatalogError("the top level must be a mapping (providers:, models:)", file=file)
+    unset: dict[tuple[PathPart, ...], list[str]] = {}
+    try:
+        substituted = _substitute(raw, env, (), unset)
+        parsed = CatalogFile.model_validate(substituted)
+        return _build(parsed, unset)
+    except ValidationError as exc:
+        raise CatalogError(_describe(exc, file)) from None
+    except CatalogError as exc:
+        raise exc.in_file(file) from None
+
+
+def _build(parsed: CatalogFile, unset: dict[tuple[PathPart, ...], list[str]]) -> Catalog:
+    usable: dict[str, ProviderConfig] = {}
+    missing_key: dict[str, str] = {}
+    for name, provider in parsed.providers.items():
+        if needs_api_key(provider) and not (provider.api_key or "").strip():
+            variables = unset.get(("providers", name, "api_key"), [])
+            missing_key[name] = f"set {' / '.join(variables)}" if variables else "no api_key"
+        else:
+            usable[name] = provider
+
+    warnings: list[str] = []
+    models: dict[str, CompiledModel] = {}
+    for model_id, config in parsed.models.items():
+        for index, route in enumerate(config.routes):
+            if route.provider not in parsed.providers:
+                raise CatalogError(
+                    f"unknown provider {route.provider!r} (declared: "
+                    f"{', '.join(parsed.providers) or 'none'})",
+                    path=("models", model_id, "routes", index, "provider"),
+                )
+        compiled = compile_model(model_id, config)
+        routes = [route for route in config.routes if route.provider in usable]
+        dropped = [route.provider for route in config.routes if route.provider not in usable]
+        reasons = "; ".join(f"provider {p!r}: {missing_key[p]}" for p in dict.fromkeys(dropped))
+        if not routes:
+            warnings.append(f"model {model_id!r} is hidden: no usable route ({reasons})")
+            continue
+        if dropped:
+            warnings.append(f"model {model_id!r}: routes skipped ({reasons})")
+            compiled = compile_model(model_id, config.model_copy(update={"routes": routes}))
+        models[model_id] = compiled
+    for message in warnings:
+        logger.warning("catalog: %s", message)
+    return Catalog(providers=usable, models=models, warnings=warnings)
+
+
+def _substitute(
+    value: Any,
+    env: Mapping[str, str],
+    path: tuple[PathPart, ...],
+    unset: dict[tuple[PathPart, ...], list[str]],
+) -> Any:
+    """Replace `${VAR}` in every string of the tree, noting variables that were unset."""
+    if isinstance(value, str):
+        return _expand(value, env, path, unset) if "$" in value else value
+    if isinstance(value, dict):
+        return {key: _substitute(item, env, (*path, key), unset) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_substitute(item, env, (*path, i), unset) for i, item in enumerate(value)]
+    return value
+
+
+def _expand(
+    text: str,
+    env: Mapping[str, str],
+    path: tuple[PathPart, ...],
+    unset: dict[tuple[PathPart, ...], list[str]],
+) -> str:
+    def replace(match: re.Match[str]) -> str:
+        if match[0] == "$${":
+            return "${"
+        name, has_default, default = match[1].partition(":-")
+        if not _NAME.fullmatch(name):
+            raise CatalogError(f"bad variable reference {match[0]!r}", path=path)
+        found = env.get(name)
+        if has_default:
+            return found if found else default
+        if not found:
+            unset.setdefault(path, []).append(name)
+        return found or ""
+
+    result = _VARIABLE.sub(replace, text)
+    if "${" in _VARIABLE.sub("", text):
+        raise CatalogError(f"unterminated variable reference in {text!r}", path=path)
+    return result
+
+
+def _describe(exc: ValidationError, file: str) -> str:
+    """One line per problem: `file: dotted.path: message`, union noise folded away."""
+    problems: dict[str, list[str]] = {}
+    for error in exc.errors():
+        loc = list(error["loc"])
+        clean: list[PathPart] = []
+        for i, part in enumerate(loc):
+            if part in _UNION_TAGS or str(part).startswith("function-"):
+                continue
+            if part in _PARAM_TYPES and i >= 2 and loc[i - 2] == "parameters":
+                continue  # the discriminator tag of a parameter spec
+            clean.append(part)
+        message = str(error["msg"])
+        messages = problems.setdefault(dotted(clean), [])
+        if message not in messages:
+            messages.append(message)
+    lines = []
+    for where, messages in problems.items():
+        joined = messages[0]
+        for extra in messages[1:]:
+            joined += " or " + extra.removeprefix("Input should be ")
+        lines.append(f"{file}: {where}: {joined}" if where else f"{file}: {joined}")
+    return "\n".join(lines)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses duplicate keys (YAML would keep the last silently)."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            mark = key_node.start_mark
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_mapping,
+)
