@@ -14,7 +14,9 @@ from app.settings import get_settings
 
 def run_server(host: str, port: int, workers: int = 1, access_log: bool = False) -> None:
     settings = get_settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
+    )
     upgrade(settings.database_url)
     secret = asyncio.run(ensure_demo_key(settings))
     if secret:

@@ -27,6 +27,7 @@ async def list_models(gateway: GatewayDep, key: CurrentKey) -> Response:
 async def get_model(model_id: str, gateway: GatewayDep, key: CurrentKey) -> Response:
     model = gateway.catalog.get(model_id)
     if model is None or not key.allows(model_id):
-        raise NotFound(f"The model '{model_id}' does not exist.", code="model_not_found",
-                       param="model")
+        raise NotFound(
+            f"The model '{model_id}' does not exist.", code="model_not_found", param="model"
+        )
     return Response(orjson.dumps(model.public), media_type="application/json")

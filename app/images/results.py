@@ -93,15 +93,16 @@ def render_body(
     head = orjson.dumps(
         {"created": created or int(time.time()), "model": model_id, "size": images[0].size}
     )
-    prefix = b'"data:image/' + output_format.encode() + b';base64,' if response_format == "url" else b'"'
-    field = b'"url":' if response_format == "url" else b'"b64_json":'
+    if response_format == "url":
+        opening = b'{"url":"data:image/' + output_format.encode() + b";base64,"
+    else:
+        opening = b'{"b64_json":"'
     items: list[bytes] = []
     for index, image in enumerate(images):
-        extra = {"index": index}
+        extra: dict[str, Any] = {"index": index}
         if image.revised_prompt is not None:
-            extra["revised_prompt"] = image.revised_prompt  # type: ignore[assignment]
-        items.append(
-            b"{" + field + prefix + base64.b64encode(image.data) + b'",' + orjson.dumps(extra)[1:]
-        )
+            extra["revised_prompt"] = image.revised_prompt
+        # `extra` serialises as {"index":0,...}: drop its "{" and continue our object with it
+        items.append(opening + base64.b64encode(image.data) + b'",' + orjson.dumps(extra)[1:])
     tail = orjson.dumps({"usage": usage_block(cost_micros, usage)})
     return head[:-1] + b',"data":[' + b",".join(items) + b"]," + tail[1:]

@@ -27,8 +27,15 @@ import orjson
 
 from app.adapters.base import ImageRequest
 from app.catalog.loader import Catalog
-from app.errors import GatewayError, InternalError, InvalidRequest, MissingParameter, ModelNotFound
-from app.errors import PermissionDenied
+from app.catalog.parameters import CompiledModel, ValidatedGeneration
+from app.errors import (
+    GatewayError,
+    InternalError,
+    InvalidRequest,
+    MissingParameter,
+    ModelNotFound,
+    PermissionDenied,
+)
 from app.gateway import Gateway
 from app.images.results import finish_images, render_body
 from app.images.routing import call_routes
@@ -49,6 +56,17 @@ class CallContext:
 
 
 @dataclass(frozen=True, slots=True)
+class Job:
+    """A validated, priced request on its way through admission and the provider."""
+
+    ctx: CallContext
+    model: CompiledModel
+    validated: ValidatedGeneration
+    price: int
+    started: float
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     status_code: int
     body: bytes
@@ -66,7 +84,7 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def resolve_model(catalog: Catalog, key: AuthenticatedKey, body: dict[str, Any]) -> Any:
+def resolve_model(catalog: Catalog, key: AuthenticatedKey, body: dict[str, Any]) -> CompiledModel:
     model_id = body.get("model")
     if model_id is None or model_id == "":
         raise MissingParameter("You must provide a model parameter.", param="model")
@@ -105,13 +123,11 @@ class ImageService:
         except GatewayError as error:
             await self._log_unbilled(ctx, model_id, user, error, started)
             raise
-        return await self._admit_and_run(ctx, raw_body, model, validated, price, started)
+        return await self._admit_and_run(Job(ctx, model, validated, price, started), raw_body)
 
-    async def _admit_and_run(
-        self, ctx: CallContext, raw_body: bytes, model: Any, validated: Any, price: int,
-        started: float,
-    ) -> Outcome:
+    async def _admit_and_run(self, job: Job, raw_body: bytes) -> Outcome:
         gw = self.gateway
+        ctx = job.ctx
         scope = f"{ctx.endpoint}:{ctx.key.account_id}"
         if ctx.idempotency_key is not None:
             stored = await gw.idempotency.begin(
@@ -123,29 +139,30 @@ class ImageService:
             if stored is not None:
                 return Outcome(stored.status_code, stored.body)
         try:
-            outcome = await self._charge_and_run(ctx, model, validated, price, started)
+            outcome = await self._charge_and_run(job)
         except BaseException:
             if ctx.idempotency_key is not None:
                 await asyncio.shield(gw.idempotency.abandon(scope=scope, key=ctx.idempotency_key))
             raise
         if ctx.idempotency_key is not None:
             await gw.idempotency.complete(
-                scope=scope, key=ctx.idempotency_key, status_code=outcome.status_code,
+                scope=scope,
+                key=ctx.idempotency_key,
+                status_code=outcome.status_code,
                 body=outcome.body,
             )
         return outcome
 
-    async def _charge_and_run(
-        self, ctx: CallContext, model: Any, validated: Any, price: int, started: float
-    ) -> Outcome:
+    async def _charge_and_run(self, job: Job) -> Outcome:
         gw = self.gateway
+        ctx, model, validated = job.ctx, job.model, job.validated
         key = ctx.key
         try:
             lease = await gw.rate_limiter.acquire(
                 key.key_id, rpm=key.rpm, max_concurrency=key.max_concurrency
             )
         except GatewayError as error:
-            await self._log_unbilled(ctx, model.id, validated.user, error, started)
+            await self._log_unbilled(ctx, model.id, validated.user, error, job.started)
             raise
         try:
             try:
@@ -154,22 +171,21 @@ class ImageService:
                     account_id=key.account_id,
                     key_id=key.key_id,
                     model=model.id,
-                    amount_micros=price,
+                    amount_micros=job.price,
                     endpoint=ctx.endpoint,
                     user=validated.user,
                     client_request_id=ctx.client_request_id,
                 )
             except GatewayError as error:
-                await self._log_unbilled(ctx, model.id, validated.user, error, started)
+                await self._log_unbilled(ctx, model.id, validated.user, error, job.started)
                 raise
-            return await self._run_and_settle(ctx, model, validated, price, started)
+            return await self._run_and_settle(job)
         finally:
             await asyncio.shield(lease.release())
 
-    async def _run_and_settle(
-        self, ctx: CallContext, model: Any, validated: Any, price: int, started: float
-    ) -> Outcome:
+    async def _run_and_settle(self, job: Job) -> Outcome:
         gw = self.gateway
+        ctx, model, validated = job.ctx, job.model, job.validated
         request: ImageRequest = validated.request
         try:
             result = await call_routes(
@@ -188,7 +204,7 @@ class ImageService:
             cost = model.price.settle(
                 request, [(image.width, image.height) for image in images], result.usage
             )
-            cost = min(cost, price)
+            cost = min(cost, job.price)
             body = render_body(
                 model_id=model.id,
                 images=images,
@@ -207,9 +223,10 @@ class ImageService:
                     cost_micros=0,
                     images=0,
                     status_code=499 if isinstance(exc, asyncio.CancelledError) else error.status,
-                    error_code="CLIENT_CLOSED" if isinstance(exc, asyncio.CancelledError)
+                    error_code="CLIENT_CLOSED"
+                    if isinstance(exc, asyncio.CancelledError)
                     else error.code,
-                    latency_ms=_elapsed_ms(started),
+                    latency_ms=_elapsed_ms(job.started),
                 )
             )
             if isinstance(exc, GatewayError | asyncio.CancelledError):
@@ -221,13 +238,17 @@ class ImageService:
                 cost_micros=cost,
                 images=len(images),
                 status_code=200,
-                latency_ms=_elapsed_ms(started),
+                latency_ms=_elapsed_ms(job.started),
             )
         )
         return Outcome(200, body)
 
     async def _log_unbilled(
-        self, ctx: CallContext, model_id: str | None, user: str | None, error: GatewayError,
+        self,
+        ctx: CallContext,
+        model_id: str | None,
+        user: str | None,
+        error: GatewayError,
         started: float,
     ) -> None:
         try:
