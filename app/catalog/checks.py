@@ -88,6 +88,10 @@ def _is_number(value: object) -> bool:
     return _is_int(value)
 
 
+def _show(number: float | None) -> str | None:
+    return None if number is None else f"{number:g}"
+
+
 def _bounds_text(low: object, high: object) -> str:
     if low is not None and high is not None:
         return f" between {low} and {high}"
@@ -118,7 +122,8 @@ class EnumCheck:
         )
 
     def __call__(self, value: Any, *, coerce: bool) -> Any:
-        found = self._lookup.get(enum_key(value), _MISSING)
+        hashable = isinstance(value, str | int | float)  # bool is an int
+        found = self._lookup.get(enum_key(value), _MISSING) if hashable else _MISSING
         if found is _MISSING and coerce and isinstance(value, str):
             # a form string may spell a boolean or a number the enum declares
             lowered = value.strip().lower()
@@ -244,7 +249,7 @@ def compile_check(name: str, spec: ParameterSpec, path: tuple[PathPart, ...]) ->
     elif isinstance(spec, NumberParam):
         if spec.min is not None and spec.max is not None and spec.min > spec.max:
             raise CatalogError(f"min {spec.min} is above max {spec.max}", path=(*path, "min"))
-        message = f"{name} must be a number{_bounds_text(spec.min, spec.max)}"
+        message = f"{name} must be a number{_bounds_text(_show(spec.min), _show(spec.max))}"
         check = NumberCheck(name, spec.default, spec.min, spec.max, message)
     elif isinstance(spec, BooleanParam):
         check = BooleanCheck(name, spec.default)

@@ -192,6 +192,8 @@ def _describe(exc: ValidationError, file: str) -> str:
             messages.append(message)
     lines = []
     for where, messages in problems.items():
+        if any(other.startswith(f"{where}.") for other in problems):
+            continue  # a union alternative that failed higher up; the deeper error says more
         joined = messages[0]
         for extra in messages[1:]:
             joined += " or " + extra.removeprefix("Input should be ")

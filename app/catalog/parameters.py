@@ -91,14 +91,19 @@ _ANY_SEED = IntegerCheck.build("seed")
 class ValidatedGeneration:
     """A validated generation/edit: the adapter's `ImageRequest` plus response-shaping fields.
 
-    `user` lives on `request.user` (it is stored in the request log and may be forwarded).
-    `partial_images` is already 0 unless streaming a model that produces partials.
+    `user` lives on `request.user` (it is stored in the request log and may be forwarded);
+    `.user` here is a shortcut. `partial_images` is already 0 unless streaming a model that
+    produces partials.
     """
 
     request: ImageRequest
     response_format: ResponseFormat
     stream: bool
     partial_images: int
+
+    @property
+    def user(self) -> str | None:
+        return self.request.user
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -168,7 +168,7 @@ def _table_keys(
 def _compile_table(
     values: Any,
     by: Sequence[str],
-    params: Mapping[str, ParameterSpec],
+    required: Sequence[frozenset[str] | None],
     path: tuple[PathPart, ...],
 ) -> _Table:
     name = by[0]
@@ -176,16 +176,16 @@ def _compile_table(
         raise CatalogError(f"expected a table of prices keyed by {name}", path=path)
     entries: dict[str, int | _Table] = {}
     for raw_key, value in values.items():
-        here = (*path, price_key(raw_key))
+        key = price_key(raw_key)
+        here = (*path, key)
         if len(by) > 1:
-            entries[price_key(raw_key)] = _compile_table(value, by[1:], params, here)
+            entries[key] = _compile_table(value, by[1:], required[1:], here)
         else:
-            entries[price_key(raw_key)] = _usd(value, here)
-    required = _table_keys(name, params, path)
-    if required is not None:
-        if missing := sorted(required - entries.keys()):
+            entries[key] = _usd(value, here)
+    if required[0] is not None:
+        if missing := sorted(required[0] - entries.keys()):
             raise CatalogError(f"no price for {name} = {', '.join(missing)}", path=path)
-        if unknown := sorted(entries.keys() - required):
+        if unknown := sorted(entries.keys() - required[0]):
             raise CatalogError(f"{', '.join(unknown)} is not a value of {name}", path=path)
     most = max(e if isinstance(e, int) else e.most for e in entries.values())
     return _Table(entries, most)
@@ -207,7 +207,8 @@ def _per_image(
     by = (rule.by,) if isinstance(rule.by, str) else tuple(rule.by)
     if not by or len(set(by)) != len(by):
         raise CatalogError("by must name one or more distinct fields", path=(*path, "by"))
-    return PerImage(None, by, _compile_table(rule.values, by, params, (*path, "values")))
+    required = [_table_keys(name, params, (*path, "by")) for name in by]
+    return PerImage(None, by, _compile_table(rule.values, by, required, (*path, "values")))
 
 
 # per_megapixel ----------------------------------------------------------------------------

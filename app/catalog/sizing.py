@@ -329,6 +329,8 @@ def build_sizer(
         return TierSizing(ratios, tuple(tiers), "tier" if tiers else "aspect")
     if not declared:
         return NoSizing()
+    if declared == {"resolution"}:
+        raise CatalogError("resolution needs aspect_ratio (the tier sizing style)", path=where)
     raise CatalogError(
         f"sizing fields {sorted(declared)} mix styles; declare width+height, "
         "aspect_ratio+resolution, aspect_ratio alone, or image_size",
