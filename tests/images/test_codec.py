@@ -1,0 +1,153 @@
+"""The codec reads sizes from headers exactly as Pillow would, and transcodes correctly."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import pytest
+from PIL import Image
+
+from app.errors import InvalidRequest, UpstreamError
+from app.images import codec
+from app.images.codec import ImageError
+
+
+def encoded(fmt: str, size: tuple[int, int] = (37, 23), mode: str = "RGB", **save: object) -> bytes:
+    colour = (200, 30, 60, 0) if mode == "RGBA" else (200, 30, 60)
+    buffer = io.BytesIO()
+    Image.new(mode, size, colour[: len(mode)]).save(buffer, fmt, **save)
+    return buffer.getvalue()
+
+
+SAMPLES = {
+    "png": encoded("PNG"),
+    "png-rgba": encoded("PNG", mode="RGBA"),
+    "jpeg": encoded("JPEG"),
+    "jpeg-progressive-exif": encoded("JPEG", progressive=True, exif=b"Exif\x00\x00" + b"\x00" * 64),
+    "webp-lossy": encoded("WEBP"),
+    "webp-lossless": encoded("WEBP", lossless=True),
+    "webp-extended": encoded("WEBP", mode="RGBA"),
+}
+
+
+@pytest.mark.parametrize("name", SAMPLES)
+def test_sniff_and_size_agree_with_pillow(name: str) -> None:
+    data = SAMPLES[name]
+    with Image.open(io.BytesIO(data)) as image:
+        expected_format, expected_size = image.format, image.size
+
+    assert (
+        codec.sniff_format(data)
+        == {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp"}[str(expected_format)]
+    )
+    assert codec.image_size(data) == expected_size == (37, 23)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (16383, 2), (3, 16383)])
+def test_webp_size_extremes(size: tuple[int, int]) -> None:
+    assert codec.image_size(encoded("WEBP", size)) == size
+    assert codec.image_size(encoded("WEBP", size, lossless=True)) == size
+
+
+def test_large_jpeg_size() -> None:
+    assert codec.image_size(encoded("JPEG", (4000, 3000))) == (4000, 3000)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"GIF89a....", b"<svg xmlns=...>", b"RIFF\x00\x00\x00\x00WAVEfmt ", b"\xff\xd8"],
+)
+def test_sniff_rejects_other_bytes(data: bytes) -> None:
+    assert codec.sniff_format(data) is None
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"GIF89a" + b"\x00" * 30,
+        SAMPLES["png"][:20],
+        SAMPLES["jpeg"][:40],
+        b"\xff\xd8\xff\xd9",  # SOI then EOI: no frame
+        SAMPLES["webp-lossy"][:24],
+        b"RIFF\x00\x00\x00\x00WEBPVP8Z" + b"\x00" * 20,
+        b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\x0dIHDR" + b"\x00" * 8,  # 0x0
+    ],
+)
+def test_unreadable_headers_raise_image_error(data: bytes) -> None:
+    with pytest.raises(ImageError):
+        codec.image_size(data)
+
+
+def test_transcode_flattens_transparency_on_white_for_jpeg() -> None:
+    out = codec.transcode(SAMPLES["png-rgba"], "jpeg")
+
+    assert codec.sniff_format(out) == "jpeg"
+    with Image.open(io.BytesIO(out)) as image:
+        assert image.mode == "RGB"
+        assert all(channel >= 250 for channel in image.getpixel((5, 5)))  # type: ignore[union-attr]
+
+
+def test_transcode_palette_png_with_transparency_to_jpeg() -> None:
+    buffer = io.BytesIO()
+    palette = Image.new("P", (8, 8), 0)
+    palette.putpalette([0, 0, 0] * 256)
+    palette.save(buffer, "PNG", transparency=0)
+
+    out = codec.transcode(buffer.getvalue(), "jpeg")
+
+    with Image.open(io.BytesIO(out)) as image:
+        assert all(channel >= 250 for channel in image.getpixel((1, 1)))  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("source", "target"), [("jpeg", "png"), ("png", "webp"), ("webp-lossy", "jpeg")]
+)
+def test_transcode_keeps_the_size(source: str, target: codec.ImageFormat) -> None:
+    out = codec.transcode(SAMPLES[source], target, quality=70)
+    assert codec.sniff_format(out) == target
+    assert codec.image_size(out) == (37, 23)
+
+
+def test_transcode_checks_pixels_before_decoding() -> None:
+    with pytest.raises(ImageError, match="exceeds the limit"):
+        codec.transcode(SAMPLES["png"], "jpeg", max_pixels=100)
+
+
+def test_transcode_of_corrupt_bytes_raises_image_error() -> None:
+    with pytest.raises(ImageError):
+        codec.transcode(SAMPLES["png"][:60], "jpeg")
+
+
+@pytest.mark.anyio
+async def test_transcode_async(anyio_backend: str) -> None:
+    out = await codec.transcode_async(SAMPLES["png"], "webp")
+    assert codec.sniff_format(out) == "webp"
+
+
+def test_check_pixels() -> None:
+    codec.check_pixels((100, 100), 10_000)
+    with pytest.raises(InvalidRequest) as client_side:
+        codec.check_pixels((100, 101), 10_000)
+    assert client_side.value.code == "INVALID_IMAGE"
+    with pytest.raises(UpstreamError, match="100x101 pixels"):
+        codec.check_pixels((100, 101), 10_000, error=UpstreamError)
+
+
+def test_decode_b64_is_strict() -> None:
+    assert codec.decode_b64(base64.b64encode(b"hello").decode()) == b"hello"
+    for bad in ("aGVsbG8", "aGVs\nbG8=", "aGVs bG8=", "aGVsbG8_", "!!!!"):
+        with pytest.raises(ImageError, match="invalid base64"):
+            codec.decode_b64(bad)
+
+
+def test_data_uri_round_trip() -> None:
+    b64 = codec.encode_b64(SAMPLES["png"])
+    uri = codec.data_uri("png", b64)
+
+    assert uri.startswith("data:image/png;base64,iVBOR")
+    assert codec.decode_data_uri(uri) == SAMPLES["png"]
+    for bad in ("http://x/y.png", "data:image/png," + b64, "data:image/png;base64"):
+        with pytest.raises(ImageError):
+            codec.decode_data_uri(bad)
