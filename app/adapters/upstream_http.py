@@ -1,0 +1,123 @@
+"""HTTP plumbing every HTTP adapter shares: the one boundary where httpx failures become
+gateway errors, size-limited body reads, result-URL downloads and message hygiene.
+
+    httpx.TimeoutException ──▶ UpstreamTimeout (504)
+    httpx.TransportError   ──▶ UpstreamUnavailable (503)   (refused, reset, DNS, protocol)
+    body over the limit    ──▶ UpstreamError (502)
+
+Provider messages are passed to clients only through `redact`, which removes the
+provider's key (and anything shaped like an API key or bearer token) and bounds the length:
+upstream error texts sometimes quote the credential they rejected.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from email.utils import parsedate_to_datetime
+from time import time
+from typing import Final
+
+import httpx
+
+from app.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from app.images.codec import ImageError, decode_data_uri
+
+MAX_MESSAGE_CHARS: Final = 500
+_KEY_SHAPED: Final = re.compile(
+    r"(?i)\b(?:bearer\s+\S+|(?:sk|pk|rk|xai|key|api[-_]?key)[-_][A-Za-z0-9_*.\-]{6,})"
+)
+_WHITESPACE: Final = re.compile(r"\s+")
+
+
+def host_of(url: str) -> str:
+    """`host[:port]` of a URL, for messages: never the scheme's userinfo or the query."""
+    parsed = httpx.URL(url)
+    return f"{parsed.host}:{parsed.port}" if parsed.port else parsed.host
+
+
+@contextmanager
+def transport_errors(host: str, timeout_s: float) -> Iterator[None]:
+    """Translate httpx's transport failures (not HTTP statuses) into gateway errors."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise UpstreamTimeout(f"{host} did not answer within {timeout_s:g} s") from exc
+    except httpx.TransportError as exc:
+        # The class name says enough (ConnectError, ReadError...); str(exc) may carry URLs.
+        raise UpstreamUnavailable(f"cannot reach {host} ({type(exc).__name__})") from exc
+
+
+async def read_limited(response: httpx.Response, limit: int, *, what: str) -> bytes:
+    """The body of a streamed response, aborting as soon as it grows past `limit` bytes."""
+    declared = response.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise UpstreamError(f"{what} is {declared} bytes, over the {limit}-byte limit")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise UpstreamError(f"{what} exceeds the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def download(http: httpx.AsyncClient, url: str, *, max_bytes: int, timeout_s: float) -> bytes:
+    """Fetch a result URL (or decode a `data:` URI), at most `max_bytes`.
+
+    Only http(s) is followed, and without the provider's credentials: result URLs are
+    pre-signed links, often on another host, which must never see our key.
+    """
+    if url.startswith("data:"):
+        try:
+            data = decode_data_uri(url)
+        except ImageError as exc:
+            raise UpstreamError(f"provider returned an unreadable data URI: {exc}") from exc
+        if len(data) > max_bytes:
+            raise UpstreamError(f"image is {len(data)} bytes, over the {max_bytes}-byte limit")
+        return data
+    if not url.startswith(("https://", "http://")):
+        raise UpstreamError("provider returned an image URL that is not http(s)")
+    host = host_of(url)
+    with transport_errors(host, timeout_s):
+        async with http.stream("GET", url, timeout=timeout_s) as response:
+            if not response.is_success:
+                raise UpstreamError(
+                    f"downloading the image from {host} failed (HTTP {response.status_code})"
+                )
+            return await read_limited(response, max_bytes, what=f"image from {host}")
+
+
+def retry_after(headers: httpx.Headers) -> float | None:
+    """Seconds from `retry-after-ms` or `retry-after` (delta-seconds or an HTTP date)."""
+    millis = headers.get("retry-after-ms")
+    if millis is not None:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time())
+    except (TypeError, ValueError):
+        return None
+
+
+def redact(message: str, secrets: Iterable[str | None] = ()) -> str:
+    """A provider message fit for a client: no secrets, one line, bounded length."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            message = message.replace(secret, "[redacted]")
+    message = _KEY_SHAPED.sub("[redacted]", message)
+    message = _WHITESPACE.sub(" ", message).strip()
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[: MAX_MESSAGE_CHARS - 1] + "…"
+    return message

@@ -1,0 +1,42 @@
+"""Fixtures for adapter tests: one real-HTTP OpenAI mock per session, one client per test."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+
+from app.adapters.base import AdapterContext
+from tests.mocks.openai_upstream import MockOpenAIUpstream
+
+UPSTREAM_KEY = "sk-upstream-SECRET-0123456789"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def _upstream_server() -> Iterator[MockOpenAIUpstream]:
+    with MockOpenAIUpstream(api_key=UPSTREAM_KEY) as server:
+        yield server
+
+
+@pytest.fixture
+def upstream(_upstream_server: MockOpenAIUpstream) -> MockOpenAIUpstream:
+    """The shared mock, with its knobs, queued failures and recorded requests reset."""
+    _upstream_server.reset()
+    return _upstream_server
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient() as client:
+        yield client
+
+
+@pytest.fixture
+def context(http: httpx.AsyncClient) -> AdapterContext:
+    return AdapterContext(http=http, max_download_bytes=10 * 1024 * 1024)
