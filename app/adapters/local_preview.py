@@ -1,0 +1,183 @@
+"""`local-preview`: the built-in offline model, rendering real images with Pillow.
+
+It is the embedded default (a newcomer can call it with no provider key) and the test model:
+every image is a real PNG/JPEG/WebP of exactly the requested size, so the whole pipeline
+(size read-back, per-megapixel pricing, transcoding, streaming) is exercised offline.
+
+    (prompt, seed, width, height, index) ──sha256──▶ 4 corner colours + 3 disc colours
+        ──▶ 2x2 image upscaled bilinearly (a smooth 4-colour gradient, ~1 ms at 1024²)
+        ──▶ discs, the prompt and "image i/n · seed" drawn on top
+        ──▶ encoded directly in `request.output_format` (no transcode later)
+
+The same inputs always give the same bytes; without a seed a random one is drawn, so two
+calls differ. For edits the first reference image, resized to the output size, replaces
+the gradient and is tinted with the image's colour. Rendering and encoding are CPU work and
+run in worker threads (one per image, concurrently) so the event loop is never blocked.
+
+Provider options: `latency_ms` sleeps before rendering, to simulate a remote provider in
+tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import secrets
+import textwrap
+from collections.abc import Awaitable, Callable
+from functools import lru_cache
+from typing import Final
+
+import anyio
+import anyio.to_thread
+from PIL import Image, ImageDraw, ImageFont
+
+from app.adapters.base import AdapterContext, AdapterResult, ImageRequest, UpstreamImage
+from app.adapters.concurrency import settle, successes
+from app.catalog.schema import OutputFormat, ProviderConfig
+from app.errors import InvalidParameter, InvalidRequest
+from app.images.codec import encode
+
+DEFAULT_SIZE: Final = (1024, 1024)
+#: a guard against absurd sizes reaching Pillow (64 MP); the catalog normally limits first
+MAX_SIDE: Final = 8192
+
+Colour = tuple[int, int, int]
+
+
+class LocalPreviewAdapter:
+    """Renders `request.n` distinct images in-process; needs no credentials."""
+
+    def __init__(self, provider: ProviderConfig, context: AdapterContext) -> None:
+        self._latency_s = float(provider.options.get("latency_ms", 0)) / 1000
+
+    async def generate(self, request: ImageRequest, *, upstream_model: str) -> AdapterResult:
+        width, height = requested_size(request)
+        seed = request.seed if request.seed is not None else secrets.randbits(31)
+        if self._latency_s > 0:
+            await anyio.sleep(self._latency_s)
+        background = request.images[0] if request.images else None
+
+        def render_one(index: int) -> Callable[[], Awaitable[bytes]]:
+            return lambda: anyio.to_thread.run_sync(
+                lambda: render(
+                    prompt=request.prompt,
+                    seed=seed,
+                    width=width,
+                    height=height,
+                    index=index,
+                    n=request.n,
+                    fmt=request.output_format,
+                    background=background,
+                )
+            )
+
+        images = successes(await settle([render_one(i) for i in range(request.n)]))
+        return AdapterResult(images=[UpstreamImage(data=data) for data in images])
+
+
+def requested_size(request: ImageRequest) -> tuple[int, int]:
+    """`width`/`height` params (pixel models), else `size` "WxH", else 1024x1024."""
+    width, height = request.params.get("width"), request.params.get("height")
+    if isinstance(width, int) and isinstance(height, int):
+        size = (width, height)
+    else:
+        size = _parse_wxh(request.size) or DEFAULT_SIZE
+    if not all(1 <= side <= MAX_SIDE for side in size):
+        raise InvalidParameter(
+            f"local-preview renders sides of 1..{MAX_SIDE} pixels, not {size[0]}x{size[1]}",
+            param="size",
+        )
+    return size
+
+
+def _parse_wxh(size: str | None) -> tuple[int, int] | None:
+    # Preset values such as "auto" or "auto_2K" carry no pixels: fall back to the default.
+    if not size:
+        return None
+    width, sep, height = size.lower().partition("x")
+    if sep and width.isdigit() and height.isdigit():
+        return int(width), int(height)
+    return None
+
+
+def render(
+    *,
+    prompt: str,
+    seed: int,
+    width: int,
+    height: int,
+    index: int,
+    n: int,
+    fmt: OutputFormat,
+    background: bytes | None = None,
+) -> bytes:
+    """One deterministic image, encoded. Blocking: call it from a worker thread."""
+    digest = hashlib.sha256(f"{seed}\x00{width}x{height}\x00{index}\x00{prompt}".encode()).digest()
+    colours = [(digest[i], digest[i + 1], digest[i + 2]) for i in range(0, 21, 3)]
+    if background is None:
+        image = _gradient(colours[:4], width, height)
+    else:
+        image = _tinted(background, colours[0], width, height)
+    draw = ImageDraw.Draw(image)
+    _discs(draw, digest, colours[4:], width, height)
+    _caption(draw, prompt, f"image {index + 1}/{n} · seed {seed}", width, height)
+    return encode(image, fmt)
+
+
+def _gradient(corners: list[Colour], width: int, height: int) -> Image.Image:
+    # A 2x2 image stretched bilinearly from pixel centre to pixel centre is a smooth
+    # four-corner gradient (a plain resize would plateau at the corners). Stretching to 1/8
+    # scale and resizing up is indistinguishable and 10x cheaper than a full-size transform.
+    tile = Image.new("RGB", (2, 2))
+    tile.putdata(corners)
+    small = tile.transform(
+        (max(2, width // 8), max(2, height // 8)),
+        Image.Transform.EXTENT,
+        (0.5, 0.5, 1.5, 1.5),
+        Image.Resampling.BILINEAR,
+    )
+    return small.resize((width, height), Image.Resampling.BILINEAR)
+
+
+def _tinted(reference: bytes, tint: Colour, width: int, height: int) -> Image.Image:
+    try:
+        with Image.open(io.BytesIO(reference)) as source:
+            source.draft("RGB", (width, height))  # JPEG: decode at reduced scale, much faster
+            base = source.convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
+    except OSError as exc:  # truncated or corrupt despite valid magic bytes
+        raise InvalidRequest("the reference image cannot be decoded", code="INVALID_IMAGE") from exc
+    return Image.blend(base, Image.new("RGB", (width, height), tint), 0.3)
+
+
+def _discs(
+    draw: ImageDraw.ImageDraw, digest: bytes, colours: list[Colour], width: int, height: int
+) -> None:
+    short = min(width, height)
+    for i, colour in enumerate(colours):
+        x = digest[21 + i] * width // 256
+        y = digest[24 + i] * height // 256
+        r = max(1, short * (4 + digest[27 + i] % 12) // 64)
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=colour, outline=(255, 255, 255))
+
+
+def _caption(draw: ImageDraw.ImageDraw, prompt: str, footer: str, width: int, height: int) -> None:
+    font_size = max(8, min(width, height) // 28)
+    font = _font(font_size)
+    chars_per_line = max(8, int(width / (font_size * 0.6)) - 2)
+    lines = textwrap.wrap(prompt, chars_per_line, max_lines=4, placeholder=" …") or [""]
+    text = "\n".join([*lines, footer])
+    margin = max(2, font_size // 2)
+    box = draw.multiline_textbbox((margin, margin), text, font=font)
+    draw.rectangle(
+        (box[0] - margin // 2, box[1] - margin // 2, box[2] + margin // 2, box[3] + margin // 2),
+        fill=(0, 0, 0),
+    )
+    draw.multiline_text((margin, margin), text, font=font, fill=(255, 255, 255))
+
+
+@lru_cache(maxsize=64)
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    # Pillow's bundled default font, scalable when FreeType is available. Loading it costs
+    # ~1 ms, so each size is loaded once.
+    return ImageFont.load_default(size)
