@@ -9,7 +9,8 @@ Steps, each failing with a `CatalogError` that names the file and the dotted fie
 1. parse the YAML (duplicate keys are an error: YAML would silently keep the last one);
 2. substitute `${VAR}` / `${VAR:-default}` from `env` in every string value (`$${` is a
    literal `${`); an unset VAR without a default becomes "" (`:-` also replaces an empty VAR,
-   as in the shell); substitution applies to values, never to keys;
+   as in the shell); substitution applies to values, never to keys; a provider's `base_url`,
+   `api_key` or `api_version` that ends up empty counts as not set (the adapter's default);
 3. validate the shape with the pydantic `CatalogFile`;
 4. cross-check and compile every model (`app.catalog.parameters.compile_model`), hidden or not,
    so a broken entry fails start-up even on a machine without the provider's secrets;
@@ -49,6 +50,8 @@ _UNION_TAGS = frozenset(
     {"str", "int", "float", "bool", "decimal", "none", "list[str]", "dict[str,any]"}
     | {"PerImagePrice", "PerMegapixelPrice", "PerTokenPrice"}
 )
+#: provider fields where an empty value (an unset ${VAR}) means "not set"
+_OPTIONAL_PROVIDER_FIELDS = ("base_url", "api_key", "api_version")
 _PARAM_TYPES = frozenset({"enum", "integer", "number", "boolean", "string"})
 
 
@@ -89,6 +92,7 @@ def load_catalog(path: Path, env: Mapping[str, str]) -> Catalog:
     unset: dict[tuple[PathPart, ...], list[str]] = {}
     try:
         substituted = _substitute(raw, env, (), unset)
+        _drop_empty_provider_fields(substituted)
         parsed = CatalogFile.model_validate(substituted)
         return _build(parsed, unset)
     except ValidationError as exc:
@@ -131,6 +135,18 @@ def _build(parsed: CatalogFile, unset: dict[tuple[PathPart, ...], list[str]]) ->
     for message in warnings:
         logger.warning("catalog: %s", message)
     return Catalog(providers=usable, models=models, warnings=warnings)
+
+
+def _drop_empty_provider_fields(tree: dict[Any, Any]) -> None:
+    """`base_url: ${X}` with X unset means "the adapter's default", not an empty URL."""
+    providers = tree.get("providers")
+    if not isinstance(providers, dict):
+        return
+    for provider in providers.values():
+        if isinstance(provider, dict):
+            for name in _OPTIONAL_PROVIDER_FIELDS:
+                if provider.get(name) == "":
+                    del provider[name]
 
 
 def _substitute(

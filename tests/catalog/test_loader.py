@@ -101,6 +101,12 @@ def test_substitution_in_every_string(tmp_path: Path) -> None:
     assert catalog.models["m"].routes[0].upstream_model == "m-1"
 
 
+def test_empty_optional_provider_fields_are_unset(tmp_path: Path) -> None:
+    text = "providers:\n  up: {adapter: bfl, base_url: '${BFL_URL}', api_key: k, api_version: ''}\n"
+    provider = load_catalog(write(tmp_path, text), {}).providers["up"]
+    assert (provider.base_url, provider.api_version, provider.api_key) == (None, None, "k")
+
+
 @pytest.mark.parametrize("value", ["${UNCLOSED", "${1BAD}", "${}"])
 def test_bad_variable_reference(tmp_path: Path, value: str) -> None:
     message = load_error(
