@@ -1,0 +1,100 @@
+"""Admin API dependencies: the shared services and the admin-token guard, as `Annotated` aliases.
+
+Everything comes from `request.app.state.gateway`, set by the application's lifespan
+(`app.gateway.Gateway`). The admin API only needs the part of it described by `AdminGateway`,
+so tests can mount the router on a small app with just those attributes.
+
+The guard runs on every admin route: with `GATEWAY_ADMIN_TOKEN` unset the whole admin API
+answers 404 (it is off, and says nothing about its existence); otherwise the bearer token must
+match exactly (constant-time comparison) or the answer is 401 `INVALID_ADMIN_TOKEN`.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated, Protocol
+
+from fastapi import Depends, Query, Request
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.admin.reports import Reports
+from app.errors import AuthenticationError, NotFound
+from app.keys.auth import KeyAuthenticator
+from app.keys.service import KeyService
+from app.ledger.idempotency import IdempotencyStore
+from app.ledger.service import Ledger
+from app.settings import Settings
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+
+
+class AdminGateway(Protocol):
+    """What the admin API uses of the process-wide `Gateway`."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def engine(self) -> AsyncEngine: ...
+    @property
+    def ledger(self) -> Ledger: ...
+    @property
+    def keys(self) -> KeyService: ...
+    @property
+    def authenticator(self) -> KeyAuthenticator: ...
+    @property
+    def idempotency(self) -> IdempotencyStore: ...
+
+
+def get_gateway(request: Request) -> AdminGateway:
+    gateway: AdminGateway = request.app.state.gateway
+    return gateway
+
+
+def require_admin(request: Request) -> None:
+    expected = get_gateway(request).settings.admin_token
+    if not expected:
+        raise NotFound("Not found: no route matches this path.", code="NOT_FOUND")
+    scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        token.strip().encode(), expected.encode()
+    ):
+        raise AuthenticationError(
+            "Invalid admin token: send Authorization: Bearer $GATEWAY_ADMIN_TOKEN.",
+            code="INVALID_ADMIN_TOKEN",
+        )
+
+
+def get_ledger(request: Request) -> Ledger:
+    return get_gateway(request).ledger
+
+
+def get_keys(request: Request) -> KeyService:
+    return get_gateway(request).keys
+
+
+def get_authenticator(request: Request) -> KeyAuthenticator:
+    return get_gateway(request).authenticator
+
+
+def get_idempotency(request: Request) -> IdempotencyStore:
+    return get_gateway(request).idempotency
+
+
+def get_reports(request: Request) -> Reports:
+    # stateless and cheap: a thin holder of the engine
+    return Reports(get_gateway(request).engine)
+
+
+def get_settings(request: Request) -> Settings:
+    return get_gateway(request).settings
+
+
+LedgerDep = Annotated[Ledger, Depends(get_ledger)]
+KeysDep = Annotated[KeyService, Depends(get_keys)]
+AuthenticatorDep = Annotated[KeyAuthenticator, Depends(get_authenticator)]
+IdempotencyDep = Annotated[IdempotencyStore, Depends(get_idempotency)]
+ReportsDep = Annotated[Reports, Depends(get_reports)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+Limit = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description=f"page size, 1..{MAX_PAGE_SIZE}")]
+Cursor = Annotated[str | None, Query(description="`next_cursor` of the previous page")]

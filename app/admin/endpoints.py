@@ -1,0 +1,236 @@
+"""The admin API (`/admin/v1`, SPEC section 5): accounts, credits, ledger, keys, usage, requests.
+
+Routes are thin: parse, call a service, shape the answer. Every route is behind
+`require_admin` (404 when `GATEWAY_ADMIN_TOKEN` is unset, 401 on a wrong token).
+
+Decisions:
+- `DELETE /keys/{id}` answers 200 `{"object": "api_key", "id": ..., "deleted": true}` (the
+  OpenAI delete shape) and removes the row; ledger and request-log rows keep the key's id.
+- Revoke, rotate and delete invalidate this process's authentication cache at once; other
+  processes follow within `GATEWAY_KEY_CACHE_TTL_S`. Changing an account's status clears the
+  whole cache (the account's keys are not known by hash here).
+- Rotating a revoked key is 409 `KEY_REVOKED`: make a new key instead.
+- A credit answers 200 with the new balance and the ledger row; `Idempotency-Key` replays
+  carry `Idempotent-Replayed: true`.
+- `GET /usage`: `from` inclusive, `to` exclusive; a time without a zone is UTC. `total` is
+  always there; `data` holds one row per group with `group_by`, and is empty without it.
+- `GET /requests`: `status` filters the HTTP status answered, `state` the billing state.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+
+from app.admin.deps import (
+    DEFAULT_PAGE_SIZE,
+    AuthenticatorDep,
+    Cursor,
+    IdempotencyDep,
+    KeysDep,
+    LedgerDep,
+    Limit,
+    ReportsDep,
+    SettingsDep,
+    require_admin,
+)
+from app.admin.reports import GroupBy, RequestFilter, usage_total
+from app.admin.schemas import (
+    AccountCreate,
+    AccountOut,
+    AccountUpdate,
+    CreditCreate,
+    CreditOut,
+    KeyCreate,
+    KeyDeleted,
+    KeyOut,
+    KeyWithSecret,
+    LedgerEntryOut,
+    Page,
+    RequestOut,
+    UsageOut,
+    UsageRowOut,
+)
+from app.admin.service import CreditRequest, CreditService
+from app.errors import InvalidParameter
+
+router = APIRouter(prefix="/admin/v1", tags=["admin"], dependencies=[Depends(require_admin)])
+
+RequestState = Literal["pending", "settled", "swept", "unbilled"]
+
+
+# accounts ----------------------------------------------------------------------------
+@router.post("/accounts", status_code=201)
+async def create_account(body: AccountCreate, ledger: LedgerDep) -> AccountOut:
+    return AccountOut.of(await ledger.create_account(name=body.name, balance_micros=body.balance))
+
+
+@router.get("/accounts")
+async def list_accounts(
+    reports: ReportsDep,
+    limit: Limit = DEFAULT_PAGE_SIZE,
+    cursor: Cursor = None,
+    status: Literal["active", "suspended"] | None = None,
+) -> Page[AccountOut]:
+    records, next_cursor = await reports.list_accounts(limit=limit, cursor=cursor, status=status)
+    return Page(data=[AccountOut.of(record) for record in records], next_cursor=next_cursor)
+
+
+@router.get("/accounts/{account_id}")
+async def get_account(account_id: str, ledger: LedgerDep) -> AccountOut:
+    return AccountOut.of(await ledger.get_account(account_id))
+
+
+@router.patch("/accounts/{account_id}")
+async def update_account(
+    account_id: str, body: AccountUpdate, ledger: LedgerDep, authenticator: AuthenticatorDep
+) -> AccountOut:
+    record = await ledger.update_account(account_id, name=body.name, status=body.status)
+    if body.status is not None:
+        authenticator.invalidate_all()
+    return AccountOut.of(record)
+
+
+@router.post("/accounts/{account_id}/credits", response_model=CreditOut)
+async def credit_account(
+    account_id: str,
+    body: CreditCreate,
+    request: Request,
+    ledger: LedgerDep,
+    idempotency: IdempotencyDep,
+    settings: SettingsDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> Response:
+    credits = CreditService(ledger, idempotency, ttl_s=settings.idempotency_ttl_s)
+    result = await credits.credit(
+        CreditRequest(
+            account_id=account_id,
+            amount_micros=body.amount,
+            note=body.note,
+            method=request.method,
+            path=request.url.path,
+            body=await request.body(),
+        ),
+        idempotency_key=idempotency_key,
+        render=lambda row: CreditOut.of(row).model_dump_json().encode(),
+    )
+    headers = {"idempotent-replayed": "true"} if result.replayed else None
+    return Response(
+        result.body,
+        status_code=result.status_code,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+@router.get("/accounts/{account_id}/ledger")
+async def account_ledger(
+    account_id: str, ledger: LedgerDep, limit: Limit = DEFAULT_PAGE_SIZE, cursor: Cursor = None
+) -> Page[LedgerEntryOut]:
+    rows, next_cursor = await ledger.ledger_page(account_id, limit=limit, cursor=cursor)
+    return Page(data=[LedgerEntryOut.of(row) for row in rows], next_cursor=next_cursor)
+
+
+# keys --------------------------------------------------------------------------------
+@router.post("/accounts/{account_id}/keys", status_code=201)
+async def create_key(account_id: str, body: KeyCreate, keys: KeysDep) -> KeyWithSecret:
+    record, secret = await keys.create_key(
+        account_id=account_id,
+        name=body.name,
+        models=body.models,
+        rpm=body.rpm,
+        max_concurrency=body.max_concurrency,
+        expires_at=body.expires_at,
+    )
+    return KeyWithSecret.with_secret(record, secret)
+
+
+@router.get("/keys")
+async def list_keys(
+    keys: KeysDep,
+    account_id: str | None = None,
+    limit: Limit = DEFAULT_PAGE_SIZE,
+    cursor: Cursor = None,
+) -> Page[KeyOut]:
+    records, next_cursor = await keys.list_keys(account_id=account_id, limit=limit, cursor=cursor)
+    return Page(data=[KeyOut.of(record) for record in records], next_cursor=next_cursor)
+
+
+@router.get("/keys/{key_id}")
+async def get_key(key_id: str, keys: KeysDep) -> KeyOut:
+    return KeyOut.of(await keys.get_key(key_id))
+
+
+@router.post("/keys/{key_id}/revoke")
+async def revoke_key(key_id: str, keys: KeysDep, authenticator: AuthenticatorDep) -> KeyOut:
+    record = await keys.revoke_key(key_id)
+    authenticator.invalidate(record.key_hash)
+    return KeyOut.of(record)
+
+
+@router.post("/keys/{key_id}/rotate")
+async def rotate_key(key_id: str, keys: KeysDep, authenticator: AuthenticatorDep) -> KeyWithSecret:
+    old = await keys.get_key(key_id)
+    record, secret = await keys.rotate_key(key_id)
+    authenticator.invalidate(old.key_hash)
+    return KeyWithSecret.with_secret(record, secret)
+
+
+@router.delete("/keys/{key_id}")
+async def delete_key(key_id: str, keys: KeysDep, authenticator: AuthenticatorDep) -> KeyDeleted:
+    record = await keys.delete_key(key_id)
+    authenticator.invalidate(record.key_hash)
+    return KeyDeleted(id=record.id)
+
+
+# reports -----------------------------------------------------------------------------
+@router.get("/usage", response_model_by_alias=True)
+async def usage(
+    reports: ReportsDep,
+    account_id: str | None = None,
+    key_id: str | None = None,
+    model: str | None = None,
+    from_: Annotated[datetime | None, Query(alias="from")] = None,
+    to: datetime | None = None,
+    group_by: GroupBy | None = None,
+) -> UsageOut:
+    since, until = _utc(from_), _utc(to)
+    if since is not None and until is not None and until <= since:
+        raise InvalidParameter("'to' must be later than 'from'.", param="to")
+    filters = RequestFilter(
+        account_id=account_id, key_id=key_id, model=model, since=since, until=until
+    )
+    rows = await reports.usage(filters, group_by=group_by)
+    return UsageOut(
+        group_by=group_by,
+        from_=since,
+        to=until,
+        data=[UsageRowOut.of(row) for row in rows] if group_by else [],
+        total=UsageRowOut.of(usage_total(rows)),
+    )
+
+
+@router.get("/requests")
+async def list_requests(
+    reports: ReportsDep,
+    account_id: str | None = None,
+    key_id: str | None = None,
+    model: str | None = None,
+    status: Annotated[int | None, Query(ge=100, le=599)] = None,
+    state: RequestState | None = None,
+    limit: Limit = DEFAULT_PAGE_SIZE,
+    cursor: Cursor = None,
+) -> Page[RequestOut]:
+    filters = RequestFilter(
+        account_id=account_id, key_id=key_id, model=model, status_code=status, state=state
+    )
+    records, next_cursor = await reports.list_requests(filters, limit=limit, cursor=cursor)
+    return Page(data=[RequestOut.of(record) for record in records], next_cursor=next_cursor)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

@@ -1,0 +1,255 @@
+"""Admin API request and response bodies.
+
+Money in JSON is a decimal number of USD. Input accepts a JSON number or a string
+(`"10.25"`), parsed exactly by `app.money.parse_usd`; anything finer than one micro-dollar is a
+400 naming the field rather than being rounded. A JSON number has already been through a float
+by the time it gets here, so send strings when more than ~15 significant digits matter. Output
+uses `micros_to_json`, whose float prints as the exact decimal.
+
+Request bodies forbid unknown fields so a typo (`"balanse"`) is a 400, not a silent no-op.
+Range checks that the services do anyway (key limits, expiry, non-zero credits) are left to
+them, so the admin API and the CLI give the same answers.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Generic, Literal, Self, TypeVar
+
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+
+from app.admin.reports import RequestRecord, UsageRow
+from app.keys.repository import KeyRecord
+from app.ledger.records import AccountRecord, LedgerRow
+from app.money import MoneyError, micros_to_json, parse_usd
+
+T = TypeVar("T")
+
+
+def _usd_to_micros(value: Any) -> int:
+    if not isinstance(value, int | float | str) or isinstance(value, bool):
+        raise ValueError("must be a decimal number of USD, as a number or a string")
+    try:
+        return parse_usd(value)
+    except MoneyError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+#: a USD amount in the body, as integer micro-dollars once validated
+Micros = Annotated[int, BeforeValidator(_usd_to_micros)]
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AccountCreate(_Request):
+    name: Name
+    balance: Micros = Field(default=0, ge=0)
+
+
+class AccountUpdate(_Request):
+    name: Name | None = None
+    status: Literal["active", "suspended"] | None = None
+
+
+class CreditCreate(_Request):
+    amount: Micros
+    note: Annotated[str, StringConstraints(max_length=1000)] | None = None
+
+
+class KeyCreate(_Request):
+    name: str
+    models: list[str] | None = None
+    rpm: int | None = None
+    max_concurrency: int | None = None
+    expires_at: AwareDatetime | None = None
+
+
+# responses ---------------------------------------------------------------------------
+class Page(BaseModel, Generic[T]):
+    object: Literal["list"] = "list"
+    data: list[T]
+    next_cursor: str | None
+
+
+class AccountOut(BaseModel):
+    object: Literal["account"] = "account"
+    id: str
+    name: str
+    balance: float
+    status: str
+    created_at: datetime
+
+    @classmethod
+    def of(cls, record: AccountRecord) -> Self:
+        return cls(
+            id=record.id,
+            name=record.name,
+            balance=micros_to_json(record.balance_micros),
+            status=record.status,
+            created_at=record.created_at,
+        )
+
+
+class LedgerEntryOut(BaseModel):
+    object: Literal["ledger_entry"] = "ledger_entry"
+    id: int
+    account_id: str
+    key_id: str | None
+    request_id: str | None
+    kind: str
+    amount: float
+    balance_after: float
+    model: str | None
+    note: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: LedgerRow) -> Self:
+        return cls(
+            id=row.id,
+            account_id=row.account_id,
+            key_id=row.key_id,
+            request_id=row.request_id,
+            kind=row.kind,
+            amount=micros_to_json(row.amount_micros),
+            balance_after=micros_to_json(row.balance_after_micros),
+            model=row.model,
+            note=row.note,
+            created_at=row.created_at,
+        )
+
+
+class CreditOut(BaseModel):
+    """A credit's result: the account's new balance and the ledger row that made it."""
+
+    object: Literal["credit"] = "credit"
+    account_id: str
+    balance: float
+    entry: LedgerEntryOut
+
+    @classmethod
+    def of(cls, row: LedgerRow) -> Self:
+        return cls(
+            account_id=row.account_id,
+            balance=micros_to_json(row.balance_after_micros),
+            entry=LedgerEntryOut.of(row),
+        )
+
+
+class KeyOut(BaseModel):
+    """A key as listed: never the secret, only its display prefix."""
+
+    object: Literal["api_key"] = "api_key"
+    id: str
+    account_id: str
+    name: str
+    prefix: str
+    models: list[str] | None
+    rpm: int | None
+    max_concurrency: int | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, record: KeyRecord) -> Self:
+        return cls(
+            id=record.id,
+            account_id=record.account_id,
+            name=record.name,
+            prefix=record.prefix,
+            models=None if record.models is None else list(record.models),
+            rpm=record.rpm,
+            max_concurrency=record.max_concurrency,
+            expires_at=record.expires_at,
+            revoked_at=record.revoked_at,
+            created_at=record.created_at,
+        )
+
+
+class KeyWithSecret(KeyOut):
+    """Create and rotate: the one response that carries the secret."""
+
+    key: str
+
+    @classmethod
+    def with_secret(cls, record: KeyRecord, secret: str) -> Self:
+        return cls(**KeyOut.of(record).model_dump(), key=secret)
+
+
+class KeyDeleted(BaseModel):
+    object: Literal["api_key"] = "api_key"
+    id: str
+    deleted: Literal[True] = True
+
+
+class RequestOut(BaseModel):
+    object: Literal["request"] = "request"
+    id: str
+    client_request_id: str | None
+    account_id: str | None
+    key_id: str | None
+    model: str | None
+    endpoint: str
+    #: billing state: pending | settled | swept | unbilled
+    state: str
+    #: the HTTP status answered (None while pending)
+    status: int | None
+    error_code: str | None
+    images: int
+    held: float
+    cost: float
+    latency_ms: int | None
+    user: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, record: RequestRecord) -> Self:
+        return cls(
+            id=record.id,
+            client_request_id=record.client_request_id,
+            account_id=record.account_id,
+            key_id=record.key_id,
+            model=record.model,
+            endpoint=record.endpoint,
+            state=record.state,
+            status=record.status_code,
+            error_code=record.error_code,
+            images=record.images,
+            held=micros_to_json(record.held_micros),
+            cost=micros_to_json(record.cost_micros),
+            latency_ms=record.latency_ms,
+            user=record.user,
+            created_at=record.created_at,
+            finished_at=record.finished_at,
+        )
+
+
+class UsageRowOut(BaseModel):
+    #: the model id, key id or UTC day ("YYYY-MM-DD"); absent without group_by
+    group: str | None
+    requests: int
+    images: int
+    cost: float
+
+    @classmethod
+    def of(cls, row: UsageRow) -> Self:
+        return cls(
+            group=row.group,
+            requests=row.requests,
+            images=row.images,
+            cost=micros_to_json(row.cost_micros),
+        )
+
+
+class UsageOut(BaseModel):
+    object: Literal["usage"] = "usage"
+    group_by: Literal["model", "key", "day"] | None
+    from_: datetime | None = Field(serialization_alias="from")
+    to: datetime | None
+    data: list[UsageRowOut]
+    total: UsageRowOut
