@@ -32,8 +32,7 @@ def test_local_preview_b64_with_size(env: Env) -> None:
     assert image.size == (512, 384)
     assert result.size == "512x384"
     assert result.data[0].index == 0
-    usage = result.model_extra["usage"] if result.model_extra else result.usage.model_extra  # type: ignore[union-attr]
-    assert usage["cost"]["total_cost"] == 0.001
+    assert result.to_dict()["usage"]["cost"]["total_cost"] == 0.001
     assert balance(env) == before - 1000
 
 
@@ -143,7 +142,7 @@ def test_foreign_sizing_fields_are_ignored_and_unknown_fields_forwarded(env: Env
 def test_per_megapixel_charges_the_actual_output(env: Env) -> None:
     before = balance(env)
     result = env.client().images.generate(model="pixel-model", prompt="p", size="512x512")
-    cost = result.model_extra["usage"]["cost"]["total_cost"]  # type: ignore[index]
+    cost = result.to_dict()["usage"]["cost"]["total_cost"]
     # 512*512 = 0.262144 MP at $0.01/MP = $0.00262144 -> rounded up to the micro-dollar
     assert cost == 0.002622
     assert balance(env) == before - 2622
