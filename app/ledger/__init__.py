@@ -1,1 +1,17 @@
+"""The prepaid-balance ledger: holds, settles, refunds, the sweeper and idempotency records.
 
+See `app.ledger.service` for the invariants and `app.ledger.postgres_sql` for why each money
+statement is atomic.
+"""
+
+from app.ledger.records import AccountRecord, LedgerRow, SettleOutcome
+from app.ledger.service import Ledger, insufficient_balance_message, usd
+
+__all__ = [
+    "AccountRecord",
+    "Ledger",
+    "LedgerRow",
+    "SettleOutcome",
+    "insufficient_balance_message",
+    "usd",
+]

@@ -1,0 +1,121 @@
+"""The Postgres statements of the money path: each is ONE statement, so ONE round trip.
+
+Each runs alone on an AUTOCOMMIT connection: no BEGIN/COMMIT round trips, and the row lock on
+`accounts` is held only for the statement's own implicit transaction (execute + commit).
+
+Why they are atomic and race-free under READ COMMITTED:
+
+- A statement with data-modifying CTEs is one implicit transaction: all its rows commit together
+  or none do. The ledger row and the request_log row are inserted `FROM debited`, so they exist
+  exactly when the balance moved.
+- `UPDATE accounts ... WHERE balance_micros >= :amount` takes the row lock; a concurrent
+  statement blocks on it and, once it gets the lock, Postgres re-evaluates the WHERE clause
+  against the newly committed row version (EvalPlanQual). So the check and the debit are one
+  step: 500 concurrent holds on a balance that covers K of them debit exactly K times. The
+  CHECK (balance_micros >= 0) is the last line of defence and is never hit.
+- Ledger ids come from a sequence called while the account row lock is held, so per account the
+  ledger order is the balance order: `balance_after` chains exactly (`tests/support/books.py`).
+- `UPDATE request_log ... WHERE state = 'pending'` is the once-only switch of settle and sweep:
+  whichever statement flips the row first refunds; the other sees no row and does nothing.
+  UNIQUE(request_id, kind) on the ledger backs this up (at most one refund per request).
+- Lock order is always request_log row, then accounts row; a hold locks only the account (its
+  request_log row is new), so these statements cannot deadlock with each other.
+
+`"user"` is quoted: it is a reserved word in Postgres. Parameters are CAST where Postgres
+could not infer their type from the context.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import TextClause, text
+
+LEDGER_COLUMNS = (
+    "id, account_id, key_id, request_id, kind, amount_micros, balance_after_micros, model, "
+    "note, created_at"
+)
+
+HOLD_SQL = """\
+WITH usable_key AS (
+    SELECT 1 FROM api_keys
+    WHERE id = :key_id AND account_id = :account_id AND revoked_at IS NULL
+      AND (expires_at IS NULL OR expires_at > now())
+),
+debited AS (
+    UPDATE accounts SET balance_micros = balance_micros - CAST(:amount AS BIGINT)
+    WHERE id = :account_id AND status = 'active'
+      AND balance_micros >= CAST(:amount AS BIGINT)
+      AND EXISTS (SELECT 1 FROM usable_key)
+    RETURNING balance_micros
+),
+charged AS (
+    INSERT INTO ledger_entries
+        (account_id, key_id, request_id, kind, amount_micros, balance_after_micros, model)
+    SELECT :account_id, :key_id, :request_id, 'charge', -CAST(:amount AS BIGINT),
+           balance_micros, :model
+    FROM debited WHERE CAST(:amount AS BIGINT) > 0
+),
+logged AS (
+    INSERT INTO request_log
+        (id, client_request_id, account_id, key_id, model, endpoint, state, images,
+         held_micros, cost_micros, "user")
+    SELECT :request_id, :client_request_id, :account_id, :key_id, :model, :endpoint,
+           'pending', 0, CAST(:amount AS BIGINT), 0, :user
+    FROM debited
+)
+SELECT balance_micros FROM debited"""
+
+#: settle (new_state 'settled') and sweep (new_state 'swept') of one request. The accounts
+#: UPDATE only matches when there is something to give back, so the happy path (cost == held)
+#: touches request_log alone and never waits on the hot account row.
+FINISH_SQL = """\
+WITH finished AS (
+    UPDATE request_log
+    SET state = :new_state,
+        cost_micros = LEAST(CAST(:cost AS BIGINT), held_micros),
+        images = :images, status_code = :status_code, error_code = :error_code,
+        latency_ms = :latency_ms, finished_at = now()
+    WHERE id = :request_id AND state = 'pending'
+    RETURNING account_id, key_id, model, held_micros, cost_micros
+),
+refunded AS (
+    UPDATE accounts AS a
+    SET balance_micros = a.balance_micros + (f.held_micros - f.cost_micros)
+    FROM finished AS f
+    WHERE a.id = f.account_id AND f.held_micros > f.cost_micros
+    RETURNING a.balance_micros, f.held_micros - f.cost_micros AS refund
+),
+logged AS (
+    INSERT INTO ledger_entries
+        (account_id, key_id, request_id, kind, amount_micros, balance_after_micros, model, note)
+    SELECT f.account_id, f.key_id, :request_id, 'refund', r.refund, r.balance_micros, f.model,
+           :note
+    FROM finished AS f CROSS JOIN refunded AS r
+)
+SELECT f.held_micros, f.cost_micros, r.refund, r.balance_micros AS balance_after
+FROM finished AS f LEFT JOIN refunded AS r ON true"""
+
+CREDIT_SQL = f"""\
+WITH moved AS (
+    UPDATE accounts SET balance_micros = balance_micros + CAST(:amount AS BIGINT)
+    WHERE id = :account_id AND balance_micros + CAST(:amount AS BIGINT) >= 0
+    RETURNING balance_micros
+)
+INSERT INTO ledger_entries
+    (account_id, key_id, request_id, kind, amount_micros, balance_after_micros, model, note)
+SELECT :account_id, NULL, :request_id, :kind, CAST(:amount AS BIGINT), balance_micros, NULL,
+       :note
+FROM moved
+RETURNING {LEDGER_COLUMNS}"""
+
+STALE_PENDING_SQL = """\
+SELECT id FROM request_log
+WHERE state = 'pending'
+  AND created_at < now() - make_interval(secs => CAST(:older_than_s AS DOUBLE PRECISION))
+ORDER BY created_at
+LIMIT :limit"""
+
+
+HOLD: TextClause = text(HOLD_SQL)
+FINISH: TextClause = text(FINISH_SQL)
+CREDIT: TextClause = text(CREDIT_SQL)
+STALE_PENDING: TextClause = text(STALE_PENDING_SQL)

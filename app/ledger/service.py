@@ -1,0 +1,477 @@
+"""The prepaid-balance ledger: the money core of the gateway.
+
+Invariants, on every backend, under any concurrency across any number of processes:
+
+1. `accounts.balance_micros == sum(ledger_entries.amount_micros)` for every account, and per
+   account the rows ordered by id chain exactly (`balance_after = previous + amount`).
+2. A balance never goes below zero: every debit is a conditional UPDATE (`balance >= amount`)
+   that is also its own check, and the schema's CHECK constraint backs it up.
+3. A request is charged at most once and refunded at most once: its `request_log` row is created
+   with the charge and leaves `pending` exactly once (settle or sweep, whoever flips the state
+   first); UNIQUE(request_id, kind) on the ledger enforces the same thing a second time.
+4. Nothing is lost: a hold whose process died stays `pending` and is refunded in full by any
+   process's `Sweeper` after the hold timeout.
+
+Every method here is one atomic unit of work and commits it itself: the hold must be durable
+before the upstream call starts, and on Postgres every money movement is ONE statement on an
+AUTOCOMMIT connection (one round trip, the account row locked only for that statement), see
+`app.ledger.postgres_sql`. So, unlike the rest of the codebase, the ledger does not join a
+caller's session: it is its own boundary. SQL lives in `app.ledger.repository`.
+
+Decisions the spec leaves open:
+- A hold of 0 is allowed: it checks key and account and logs the request `pending`, but writes
+  no ledger row (nothing moved). Its settle refunds nothing.
+- A hold refused because the key vanished (hard-deleted) or belongs to another account is a 401
+  INVALID_API_KEY; revoked/expired keys and suspended accounts are 403; a short balance is 402.
+- credit: positive amounts are `topup` (or `adjustment` if asked), negative amounts are
+  `adjustment`; zero, a negative `topup`, or an amount that would end below zero are 400
+  INVALID_PARAMETER with param "amount". Suspended accounts can still be credited.
+- settle with cost > held is a caller bug: it is clamped to the hold (logged as an error);
+  the customer is never charged more than the hold.
+- Settle after the sweeper refunded the request does nothing (the request ends up free) and
+  says so in its `SettleOutcome` (state "swept"); it is logged as a warning.
+- A reused request id on `hold` is 409 DUPLICATE_REQUEST_ID and moves no money.
+- Database connection failures surface as 503 SERVICE_UNAVAILABLE.
+- `updated_at` tracks admin edits (name, status), not balance movements.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Literal
+
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.errors import (
+    AuthenticationError,
+    Conflict,
+    GatewayError,
+    InsufficientBalance,
+    InternalError,
+    InvalidParameter,
+    NotFound,
+    PermissionDenied,
+    ServiceUnavailable,
+)
+from app.ledger.records import AccountRecord, LedgerRow, SettleOutcome, SettleState
+from app.ledger.repository import HoldFacts, HoldRequest, LedgerRepository
+from app.money import micros_to_decimal
+
+logger = logging.getLogger(__name__)
+
+ACCOUNT_STATUSES = ("active", "suspended")
+MAX_PAGE = 500
+_SWEEP_BATCH = 200
+_HOLD_ATTEMPTS = 3
+_STATE_AFTER_LOST_RACE: dict[str | None, SettleState] = {
+    "settled": "already_settled",
+    "swept": "swept",
+    "unbilled": "unbilled",
+    None: "not_found",
+}
+
+
+def new_account_id() -> str:
+    return "acct_" + secrets.token_hex(12)
+
+
+def usd(micros: int) -> str:
+    """`$`-less exact decimal text of an amount: 134000 -> "0.134", 10_000_000 -> "10"."""
+    return f"{micros_to_decimal(micros):f}"
+
+
+def insufficient_balance_message(balance_micros: int, price_micros: int) -> str:
+    return f"balance ${usd(balance_micros)} is below this request's price ${usd(price_micros)}"
+
+
+@contextmanager
+def _database_errors() -> Iterator[None]:
+    try:
+        yield
+    except (OperationalError, InterfaceError, OSError, TimeoutError) as exc:
+        logger.error("ledger: database unavailable: %r", exc)
+        raise ServiceUnavailable(
+            "The database is unavailable, please retry.", retry_after=1
+        ) from exc
+
+
+class Ledger:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._postgres = engine.dialect.name == "postgresql"
+        # AUTOCOMMIT: no BEGIN/COMMIT round trips; every money statement commits on its own
+        self._autocommit = (
+            engine.execution_options(isolation_level="AUTOCOMMIT") if self._postgres else engine
+        )
+
+    # units of work ---------------------------------------------------------------------
+    @asynccontextmanager
+    async def _atomic(self) -> AsyncIterator[LedgerRepository]:
+        """Postgres: one autocommitted statement per call. SQLite: one write transaction."""
+        with _database_errors():
+            if self._postgres:
+                async with self._autocommit.connect() as connection:
+                    yield LedgerRepository(connection)
+            else:
+                async with self._engine.begin() as connection:
+                    yield LedgerRepository(connection)
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[LedgerRepository]:
+        """Several statements that must commit together (off the hot path)."""
+        with _database_errors():
+            async with self._engine.begin() as connection:
+                yield LedgerRepository(connection)
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[LedgerRepository]:
+        with _database_errors():
+            async with self._autocommit.connect() as connection:
+                yield LedgerRepository(connection)
+
+    # accounts --------------------------------------------------------------------------
+    async def create_account(
+        self, *, name: str, balance_micros: int = 0, account_id: str | None = None
+    ) -> AccountRecord:
+        """A new active account; an initial balance is its first ledger row (`topup`)."""
+        if balance_micros < 0:
+            raise InvalidParameter("balance must not be negative", param="balance")
+        account_id = account_id or new_account_id()
+        try:
+            async with self._transaction() as repo:
+                await repo.insert_account(
+                    account_id=account_id, name=name, balance_micros=balance_micros
+                )
+                if balance_micros > 0:
+                    await repo.append_entry(
+                        account_id=account_id,
+                        kind="topup",
+                        amount_micros=balance_micros,
+                        balance_after_micros=balance_micros,
+                        note="initial balance",
+                    )
+                account = await repo.get_account(account_id)
+        except IntegrityError as exc:
+            raise Conflict(f"account {account_id!r} already exists", code="ACCOUNT_EXISTS") from exc
+        assert account is not None
+        return account
+
+    async def get_account(self, account_id: str) -> AccountRecord:
+        async with self._read() as repo:
+            account = await repo.get_account(account_id)
+        if account is None:
+            raise _account_not_found(account_id)
+        return account
+
+    async def update_account(
+        self, account_id: str, *, name: str | None = None, status: str | None = None
+    ) -> AccountRecord:
+        values: dict[str, str] = {}
+        if name is not None:
+            values["name"] = name
+        if status is not None:
+            if status not in ACCOUNT_STATUSES:
+                raise InvalidParameter(
+                    f"status must be one of {', '.join(ACCOUNT_STATUSES)}", param="status"
+                )
+            values["status"] = status
+        if values:
+            async with self._atomic() as repo:
+                found = await repo.update_account(account_id, values)
+            if not found:
+                raise _account_not_found(account_id)
+        return await self.get_account(account_id)
+
+    # money -----------------------------------------------------------------------------
+    async def credit(
+        self,
+        *,
+        account_id: str,
+        amount_micros: int,
+        note: str | None,
+        kind: Literal["topup", "adjustment"] | None = None,
+        request_id: str | None = None,
+    ) -> LedgerRow:
+        """Admin top-up (> 0) or adjustment (signed; may not take the balance below zero)."""
+        if amount_micros == 0:
+            raise InvalidParameter("amount must not be zero", param="amount")
+        kind = kind or ("topup" if amount_micros > 0 else "adjustment")
+        if kind not in ("topup", "adjustment"):
+            raise InvalidParameter("kind must be topup or adjustment", param="kind")
+        if kind == "topup" and amount_micros < 0:
+            raise InvalidParameter("a top-up must be positive", param="amount")
+        async with self._atomic() as repo:
+            row = await repo.credit_if_stays_nonnegative(
+                account_id=account_id,
+                amount_micros=amount_micros,
+                kind=kind,
+                note=note,
+                request_id=request_id,
+            )
+        if row is not None:
+            return row
+        account = await self.get_account(account_id)  # NotFound when there is no account
+        raise InvalidParameter(
+            f"amount would take the balance below zero (balance ${usd(account.balance_micros)})",
+            param="amount",
+        )
+
+    async def hold(
+        self,
+        *,
+        request_id: str,
+        account_id: str,
+        key_id: str,
+        model: str,
+        amount_micros: int,
+        endpoint: str = "generations",
+        user: str | None = None,
+        client_request_id: str | None = None,
+    ) -> int:
+        """Take a request's price from the balance before the upstream call; the balance after.
+
+        One atomic step (one statement on Postgres): the key must be usable, the account
+        active and the balance must cover the amount; then the balance drops, a `charge` row
+        is written and the request is logged `pending`. Otherwise nothing is written and the
+        refusal is explained exactly (401 / 403 / 402), see `_explain_refused_hold`.
+        """
+        if amount_micros < 0:
+            raise ValueError(f"hold amount must be >= 0, got {amount_micros}")
+        hold = HoldRequest(
+            request_id=request_id,
+            account_id=account_id,
+            key_id=key_id,
+            model=model,
+            amount_micros=amount_micros,
+            endpoint=endpoint,
+            user=user,
+            client_request_id=client_request_id,
+        )
+        try:
+            async with self._atomic() as repo:
+                balance = await repo.debit_if_covered(hold)
+                if balance is not None:
+                    return balance
+                if not self._postgres:
+                    # the failed UPDATE already took SQLite's write lock, so this read sees
+                    # exactly the state the UPDATE judged
+                    facts = await repo.hold_facts(account_id=account_id, key_id=key_id)
+                    raise _hold_refusal(facts, hold) or InternalError("hold refused")
+            return await self._explain_refused_hold(hold)
+        except IntegrityError as exc:
+            raise Conflict(
+                f"request id {request_id!r} was already used", code="DUPLICATE_REQUEST_ID"
+            ) from exc
+
+    async def _explain_refused_hold(self, hold: HoldRequest) -> int:
+        """Postgres, off the happy path: re-judge a refused hold under the account row lock.
+
+        A plain read of the latest committed state usually names the reason (a short balance,
+        a revoked key). But the balance may have moved since the refused statement (a refund,
+        a top-up), and then the read finds nothing wrong; only then lock the account row
+        (SELECT ... FOR UPDATE) and decide on what cannot change under us: either raise the
+        exact reason, or the hold now passes and is taken in the same transaction.
+        """
+        async with self._read() as repo:
+            facts = await repo.hold_facts(account_id=hold.account_id, key_id=hold.key_id)
+        refusal = _hold_refusal(facts, hold)
+        if refusal is not None:
+            raise refusal  # true of the latest committed state: an honest reason
+        for _ in range(_HOLD_ATTEMPTS):
+            async with self._transaction() as repo:
+                facts = await repo.hold_facts(
+                    account_id=hold.account_id, key_id=hold.key_id, lock_account=True
+                )
+                refusal = _hold_refusal(facts, hold)
+                if refusal is not None:
+                    raise refusal
+                balance = await repo.debit_if_covered(hold)
+                if balance is not None:
+                    return balance
+            # only a key revoked or expiring in between gets here; look again
+        raise ServiceUnavailable("The account is changing too fast, please retry.", retry_after=1)
+
+    async def settle(
+        self,
+        *,
+        request_id: str,
+        cost_micros: int,
+        images: int,
+        status_code: int = 200,
+        error_code: str | None = None,
+        latency_ms: int | None = None,
+    ) -> SettleOutcome:
+        """Finish a held request: keep `cost_micros`, give back the rest of the hold.
+
+        A failed request is `settle(cost_micros=0, status_code=..., error_code=...)`. Happens
+        once: a second settle, or a settle after the sweeper, changes nothing.
+        """
+        if cost_micros < 0 or images < 0:
+            raise ValueError(f"cost and images must be >= 0, got {cost_micros}, {images}")
+        if cost_micros > 0:
+            note = f"unused part of the hold ({images} image(s) delivered)"
+        else:
+            note = f"request failed ({error_code or status_code})"
+        async with self._atomic() as repo:
+            finished = await repo.finish_if_pending(
+                request_id=request_id,
+                new_state="settled",
+                cost_micros=cost_micros,
+                images=images,
+                status_code=status_code,
+                error_code=error_code,
+                latency_ms=latency_ms,
+                note=note,
+            )
+        if finished is None:
+            return await self._lost_race(request_id)
+        if finished.cost_micros < cost_micros:
+            logger.error(
+                "ledger: request %s cost %d above its hold %d; charged the hold",
+                request_id,
+                cost_micros,
+                finished.held_micros,
+            )
+        return SettleOutcome(
+            request_id=request_id,
+            state="settled",
+            held_micros=finished.held_micros,
+            cost_micros=finished.cost_micros,
+            refunded_micros=finished.refund_micros,
+            balance_after_micros=finished.balance_after_micros,
+        )
+
+    async def _lost_race(self, request_id: str) -> SettleOutcome:
+        async with self._read() as repo:
+            state = _STATE_AFTER_LOST_RACE.get(await repo.request_state(request_id), "not_found")
+        if state == "swept":
+            logger.warning("ledger: request %s settled after the sweeper refunded it", request_id)
+        elif state != "already_settled":
+            logger.warning("ledger: settle of request %s found it %s", request_id, state)
+        return SettleOutcome(request_id=request_id, state=state)
+
+    async def log_unbilled(
+        self,
+        *,
+        request_id: str,
+        account_id: str | None,
+        key_id: str | None,
+        model: str | None,
+        status_code: int,
+        error_code: str | None,
+        latency_ms: int | None,
+        endpoint: str = "generations",
+        user: str | None = None,
+        client_request_id: str | None = None,
+    ) -> None:
+        """Log a request refused before any hold (validation 4xx, 402, 429 ...)."""
+        async with self._atomic() as repo:
+            inserted = await repo.insert_unbilled(
+                {
+                    "id": request_id,
+                    "account_id": account_id,
+                    "key_id": key_id,
+                    "model": model,
+                    "status_code": status_code,
+                    "error_code": error_code,
+                    "latency_ms": latency_ms,
+                    "endpoint": endpoint,
+                    "user": user,
+                    "client_request_id": client_request_id,
+                }
+            )
+        if not inserted:
+            logger.warning(
+                "ledger: request %s is already logged; unbilled entry skipped", request_id
+            )
+
+    async def sweep(self, *, older_than_s: float) -> int:
+        """Refund in full every hold still pending after `older_than_s`; how many were swept.
+
+        Each request is flipped and refunded by one conditional statement, so any number of
+        sweepers and settles may race: each request is finished exactly once.
+        """
+        swept = 0
+        while True:
+            async with self._read() as repo:
+                stale = await repo.stale_pending_ids(older_than_s=older_than_s, limit=_SWEEP_BATCH)
+            for request_id in stale:
+                async with self._atomic() as repo:
+                    finished = await repo.finish_if_pending(
+                        request_id=request_id,
+                        new_state="swept",
+                        cost_micros=0,
+                        images=0,
+                        status_code=None,
+                        error_code="HOLD_EXPIRED",
+                        latency_ms=None,
+                        note="hold expired unsettled (swept)",
+                    )
+                if finished is not None:
+                    swept += 1
+                    logger.warning(
+                        "ledger: swept request %s, refunded %d micros",
+                        request_id,
+                        finished.refund_micros,
+                    )
+            if len(stale) < _SWEEP_BATCH:
+                return swept
+
+    # reads -----------------------------------------------------------------------------
+    async def ledger_page(
+        self, account_id: str, *, limit: int, cursor: str | None
+    ) -> tuple[list[LedgerRow], str | None]:
+        """Newest first. `cursor` is the `next_cursor` of the previous page (None: first page)."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidParameter(f"limit must be between 1 and {MAX_PAGE}", param="limit")
+        before_id = _parse_cursor(cursor)
+        async with self._read() as repo:
+            if await repo.get_account(account_id) is None:
+                raise _account_not_found(account_id)
+            rows = await repo.entries_page(account_id, limit=limit + 1, before_id=before_id)
+        if len(rows) > limit:
+            return rows[:limit], str(rows[limit - 1].id)
+        return rows, None
+
+    async def balance_and_ledger_sum(self, account_id: str) -> tuple[int, int]:
+        async with self._read() as repo:
+            pair = await repo.balance_and_ledger_sum(account_id)
+        if pair is None:
+            raise _account_not_found(account_id)
+        return pair
+
+
+def _account_not_found(account_id: str) -> NotFound:
+    return NotFound(f"No account with id {account_id!r}", code="ACCOUNT_NOT_FOUND")
+
+
+def _parse_cursor(cursor: str | None) -> int | None:
+    if cursor is None or cursor == "":
+        return None
+    if not cursor.isdigit():
+        raise InvalidParameter("cursor is not one this API returned", param="cursor")
+    return int(cursor)
+
+
+def _hold_refusal(facts: HoldFacts, hold: HoldRequest) -> GatewayError | None:
+    """Why a hold matched no row, in the order a client can act on; None if it now would pass."""
+    account_id, amount_micros = hold.account_id, hold.amount_micros
+    if not facts.key_exists or facts.key_account_id != account_id:
+        return AuthenticationError("Incorrect API key provided.", code="INVALID_API_KEY")
+    if facts.key_revoked:
+        return PermissionDenied("This API key has been revoked.", code="KEY_REVOKED")
+    if facts.key_expired:
+        return PermissionDenied("This API key has expired.", code="KEY_EXPIRED")
+    if facts.account_status is None:
+        return _account_not_found(account_id)
+    if facts.account_status != "active":
+        return PermissionDenied("This account is suspended.", code="ACCOUNT_SUSPENDED")
+    if facts.balance_micros < amount_micros:
+        return InsufficientBalance(
+            insufficient_balance_message(facts.balance_micros, amount_micros)
+        )
+    return None

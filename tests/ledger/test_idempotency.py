@@ -1,0 +1,123 @@
+"""Idempotency-Key records: own, replay, reuse with another body, in progress, expiry, abandon."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.errors import Conflict
+from app.ledger.idempotency import IdempotencyStore, StoredResponse, request_hash
+
+pytestmark = pytest.mark.anyio
+
+SCOPE = "gen:acct_1"
+HASH_A = request_hash("POST", "/v1/images/generations", b'{"prompt": "a"}')
+HASH_B = request_hash("POST", "/v1/images/generations", b'{"prompt": "b"}')
+
+
+async def age(engine: AsyncEngine, *, created_s: int, expires_s: int) -> None:
+    """Shift every record's timestamps `created_s`/`expires_s` seconds into the past."""
+    async with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            await connection.execute(
+                text(
+                    "UPDATE idempotency_records"
+                    " SET created_at = created_at - make_interval(secs => :c),"
+                    " expires_at = expires_at - make_interval(secs => :e)"
+                ),
+                {"c": created_s, "e": expires_s},
+            )
+        else:
+            fmt = "'%Y-%m-%d %H:%M:%f000'"
+            await connection.execute(
+                text(
+                    f"UPDATE idempotency_records SET created_at = strftime({fmt}, created_at, :c),"
+                    f" expires_at = strftime({fmt}, expires_at, :e)"
+                ),
+                {"c": f"-{created_s} seconds", "e": f"-{expires_s} seconds"},
+            )
+
+
+def test_request_hash_covers_method_path_and_body() -> None:
+    assert len(HASH_A) == 64 and HASH_A != HASH_B
+    assert request_hash("post", "/x", b"1") == request_hash("POST", "/x", b"1")
+    assert request_hash("POST", "/x", b"1") != request_hash("POST", "/y", b"1")
+
+
+async def test_own_then_replay(engine: AsyncEngine) -> None:
+    store = IdempotencyStore(engine)
+    assert await store.begin(scope=SCOPE, key="k1", request_hash=HASH_A, ttl_s=86_400) is None
+    await store.complete(scope=SCOPE, key="k1", status_code=200, body=b'{"ok": true}')
+    replay = await store.begin(scope=SCOPE, key="k1", request_hash=HASH_A, ttl_s=86_400)
+    assert replay == StoredResponse(status_code=200, body=b'{"ok": true}')
+    # scopes are separate: the same key in another account is a new request
+    assert await store.begin(scope="gen:acct_2", key="k1", request_hash=HASH_A, ttl_s=60) is None
+
+
+async def test_different_body_is_a_conflict(engine: AsyncEngine) -> None:
+    store = IdempotencyStore(engine)
+    await store.begin(scope=SCOPE, key="k1", request_hash=HASH_A, ttl_s=86_400)
+    with pytest.raises(Conflict) as while_running:
+        await store.begin(scope=SCOPE, key="k1", request_hash=HASH_B, ttl_s=86_400)
+    assert while_running.value.code == "IDEMPOTENCY_KEY_REUSED"
+    await store.complete(scope=SCOPE, key="k1", status_code=200, body=b"{}")
+    with pytest.raises(Conflict) as caught:
+        await store.begin(scope=SCOPE, key="k1", request_hash=HASH_B, ttl_s=86_400)
+    assert caught.value.code == "IDEMPOTENCY_KEY_REUSED"
+    assert caught.value.message == "Idempotency-Key was already used with a different request body"
+
+
+async def test_same_request_in_progress_is_a_conflict(engine: AsyncEngine) -> None:
+    store = IdempotencyStore(engine)
+    await store.begin(scope=SCOPE, key="k1", request_hash=HASH_A, ttl_s=86_400)
+    with pytest.raises(Conflict) as caught:
+        await store.begin(scope=SCOPE, key="k1", request_hash=HASH_A, ttl_s=86_400)
+    assert caught.value.code == "IDEMPOTENCY_KEY_IN_PROGRESS" and caught.value.status == 409
+
+
+async def test_only_one_of_many_concurrent_callers_owns_the_key(engine: AsyncEngine) -> None:
+    store = IdempotencyStore(engine)
+    results = await asyncio.gather(
+        *(store.begin(scope=SCOPE, key="race", request_hash=HASH_A, ttl_s=60) for _ in range(20)),
+        return_exceptions=True,
+    )
+    assert sum(1 for r in results if r is None) == 1
+    assert all(isinstance(r, Conflict) for r in results if r is not None)
+
+
+async def test_expired_records_are_replaced_and_purged(engine: AsyncEngine) -> None:
+    store = IdempotencyStore(engine)
+    await store.begin(scope=SCOPE, key="k1", request_hash=HASH_A, ttl_s=60)
+    await store.complete(scope=SCOPE, key="k1", status_code=200, body=b"old")
+    await store.begin(scope=SCOPE, key="k2", request_hash=HASH_A, ttl_s=60)
+    await store.complete(scope=SCOPE, key="k2", status_code=200, body=b"old")
+    await age(engine, created_s=120, expires_s=120)
+
+    # an expired key is free again, even for another body
+    assert await store.begin(scope=SCOPE, key="k1", request_hash=HASH_B, ttl_s=60) is None
+    assert await store.purge_expired() == 1  # k2 only; k1 is fresh again
+    assert await store.begin(scope=SCOPE, key="k2", request_hash=HASH_A, ttl_s=60) is None
+
+
+async def test_a_dead_owner_loses_the_key_after_the_lease(engine: AsyncEngine) -> None:
+    store = IdempotencyStore(engine, lease_s=900)
+    await store.begin(scope=SCOPE, key="k1", request_hash=HASH_A, ttl_s=86_400)
+    await age(engine, created_s=60, expires_s=0)
+    with pytest.raises(Conflict):
+        await store.begin(scope=SCOPE, key="k1", request_hash=HASH_A, ttl_s=86_400)
+    await age(engine, created_s=900, expires_s=0)
+    assert await store.begin(scope=SCOPE, key="k1", request_hash=HASH_A, ttl_s=86_400) is None
+
+
+async def test_abandon_lets_the_client_retry(engine: AsyncEngine) -> None:
+    store = IdempotencyStore(engine)
+    await store.begin(scope=SCOPE, key="k1", request_hash=HASH_A, ttl_s=86_400)
+    await store.abandon(scope=SCOPE, key="k1")
+    assert await store.begin(scope=SCOPE, key="k1", request_hash=HASH_A, ttl_s=86_400) is None
+    await store.complete(scope=SCOPE, key="k1", status_code=201, body=b"done")
+    await store.abandon(scope=SCOPE, key="k1")  # a finished record is never abandoned
+    replay = await store.begin(scope=SCOPE, key="k1", request_hash=HASH_A, ttl_s=86_400)
+    assert replay == StoredResponse(status_code=201, body=b"done")
