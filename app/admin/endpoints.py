@@ -36,7 +36,7 @@ from app.admin.deps import (
     SettingsDep,
     require_admin,
 )
-from app.admin.reports import GroupBy, RequestFilter, usage_total
+from app.admin.reports import GroupBy, RequestFilter
 from app.admin.schemas import (
     AccountCreate,
     AccountOut,
@@ -51,7 +51,6 @@ from app.admin.schemas import (
     Page,
     RequestOut,
     UsageOut,
-    UsageRowOut,
 )
 from app.admin.service import CreditRequest, CreditService
 from app.errors import InvalidParameter
@@ -203,13 +202,7 @@ async def usage(
         account_id=account_id, key_id=key_id, model=model, since=since, until=until
     )
     rows = await reports.usage(filters, group_by=group_by)
-    return UsageOut(
-        group_by=group_by,
-        from_=since,
-        to=until,
-        data=[UsageRowOut.of(row) for row in rows] if group_by else [],
-        total=UsageRowOut.of(usage_total(rows)),
-    )
+    return UsageOut.build(rows, group_by=group_by, since=since, until=until)
 
 
 @router.get("/requests")

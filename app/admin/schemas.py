@@ -18,7 +18,7 @@ from typing import Annotated, Any, Generic, Literal, Self, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
-from app.admin.reports import RequestRecord, UsageRow
+from app.admin.reports import RequestRecord, UsageRow, usage_total
 from app.keys.repository import KeyRecord
 from app.ledger.records import AccountRecord, LedgerRow
 from app.money import MoneyError, micros_to_json, parse_usd
@@ -253,3 +253,21 @@ class UsageOut(BaseModel):
     to: datetime | None
     data: list[UsageRowOut]
     total: UsageRowOut
+
+    @classmethod
+    def build(
+        cls,
+        rows: list[UsageRow],
+        *,
+        group_by: Literal["model", "key", "day"] | None,
+        since: datetime | None,
+        until: datetime | None,
+    ) -> Self:
+        """`total` always; `data` one row per group, and empty without `group_by`."""
+        return cls(
+            group_by=group_by,
+            from_=since,
+            to=until,
+            data=[UsageRowOut.of(row) for row in rows] if group_by else [],
+            total=UsageRowOut.of(usage_total(rows)),
+        )
