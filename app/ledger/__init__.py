@@ -5,7 +5,8 @@ statement is atomic.
 """
 
 from app.ledger.records import AccountRecord, LedgerRow, SettleOutcome
-from app.ledger.service import Ledger, insufficient_balance_message, usd
+from app.ledger.refusals import insufficient_balance_message, usd
+from app.ledger.service import Ledger
 
 __all__ = [
     "AccountRecord",

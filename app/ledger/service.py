@@ -33,35 +33,36 @@ Decisions the spec leaves open:
 - A reused request id on `hold` is 409 DUPLICATE_REQUEST_ID and moves no money.
 - Database connection failures surface as 503 SERVICE_UNAVAILABLE.
 - `updated_at` tracks admin edits (name, status), not balance movements.
+- settle runs shielded from cancellation (a client hanging up still gets its refund at once;
+  `wait_idle()` at shutdown). hold is not shielded: a cancelled hold that did commit is an
+  unsettled `pending` request, refunded by the sweeper; so the hold timeout must exceed the
+  longest request (upstream timeouts included).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.errors import (
-    AuthenticationError,
     Conflict,
-    GatewayError,
-    InsufficientBalance,
     InternalError,
     InvalidParameter,
-    NotFound,
-    PermissionDenied,
     ServiceUnavailable,
 )
 from app.ledger.records import AccountRecord, LedgerRow, SettleOutcome, SettleState
-from app.ledger.repository import HoldFacts, HoldRequest, LedgerRepository
-from app.money import micros_to_decimal
+from app.ledger.refusals import account_not_found, hold_refusal, usd
+from app.ledger.repository import FinishedRequest, HoldRequest, LedgerRepository
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ACCOUNT_STATUSES = ("active", "suspended")
 MAX_PAGE = 500
@@ -79,15 +80,6 @@ def new_account_id() -> str:
     return "acct_" + secrets.token_hex(12)
 
 
-def usd(micros: int) -> str:
-    """`$`-less exact decimal text of an amount: 134000 -> "0.134", 10_000_000 -> "10"."""
-    return f"{micros_to_decimal(micros):f}"
-
-
-def insufficient_balance_message(balance_micros: int, price_micros: int) -> str:
-    return f"balance ${usd(balance_micros)} is below this request's price ${usd(price_micros)}"
-
-
 @contextmanager
 def _database_errors() -> Iterator[None]:
     try:
@@ -103,6 +95,7 @@ class Ledger:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._postgres = engine.dialect.name == "postgresql"
+        self._in_flight: set[asyncio.Future[Any]] = set()
         # AUTOCOMMIT: no BEGIN/COMMIT round trips; every money statement commits on its own
         self._autocommit = (
             engine.execution_options(isolation_level="AUTOCOMMIT") if self._postgres else engine
@@ -164,7 +157,7 @@ class Ledger:
         async with self._read() as repo:
             account = await repo.get_account(account_id)
         if account is None:
-            raise _account_not_found(account_id)
+            raise account_not_found(account_id)
         return account
 
     async def update_account(
@@ -183,7 +176,7 @@ class Ledger:
             async with self._atomic() as repo:
                 found = await repo.update_account(account_id, values)
             if not found:
-                raise _account_not_found(account_id)
+                raise account_not_found(account_id)
         return await self.get_account(account_id)
 
     # money -----------------------------------------------------------------------------
@@ -260,7 +253,7 @@ class Ledger:
                     # the failed UPDATE already took SQLite's write lock, so this read sees
                     # exactly the state the UPDATE judged
                     facts = await repo.hold_facts(account_id=account_id, key_id=key_id)
-                    raise _hold_refusal(facts, hold) or InternalError("hold refused")
+                    raise hold_refusal(facts, hold) or InternalError("hold refused")
             return await self._explain_refused_hold(hold)
         except IntegrityError as exc:
             raise Conflict(
@@ -278,7 +271,7 @@ class Ledger:
         """
         async with self._read() as repo:
             facts = await repo.hold_facts(account_id=hold.account_id, key_id=hold.key_id)
-        refusal = _hold_refusal(facts, hold)
+        refusal = hold_refusal(facts, hold)
         if refusal is not None:
             raise refusal  # true of the latest committed state: an honest reason
         for _ in range(_HOLD_ATTEMPTS):
@@ -286,7 +279,7 @@ class Ledger:
                 facts = await repo.hold_facts(
                     account_id=hold.account_id, key_id=hold.key_id, lock_account=True
                 )
-                refusal = _hold_refusal(facts, hold)
+                refusal = hold_refusal(facts, hold)
                 if refusal is not None:
                     raise refusal
                 balance = await repo.debit_if_covered(hold)
@@ -316,8 +309,8 @@ class Ledger:
             note = f"unused part of the hold ({images} image(s) delivered)"
         else:
             note = f"request failed ({error_code or status_code})"
-        async with self._atomic() as repo:
-            finished = await repo.finish_if_pending(
+        finished = await self._shielded(
+            self._finish(
                 request_id=request_id,
                 new_state="settled",
                 cost_micros=cost_micros,
@@ -327,6 +320,7 @@ class Ledger:
                 latency_ms=latency_ms,
                 note=note,
             )
+        )
         if finished is None:
             return await self._lost_race(request_id)
         if finished.cost_micros < cost_micros:
@@ -344,6 +338,48 @@ class Ledger:
             refunded_micros=finished.refund_micros,
             balance_after_micros=finished.balance_after_micros,
         )
+
+    async def _finish(
+        self,
+        *,
+        request_id: str,
+        new_state: str,
+        cost_micros: int,
+        images: int,
+        status_code: int | None,
+        error_code: str | None,
+        latency_ms: int | None,
+        note: str,
+    ) -> FinishedRequest | None:
+        async with self._atomic() as repo:
+            return await repo.finish_if_pending(
+                request_id=request_id,
+                new_state=new_state,
+                cost_micros=cost_micros,
+                images=images,
+                status_code=status_code,
+                error_code=error_code,
+                latency_ms=latency_ms,
+                note=note,
+            )
+
+    async def _shielded(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run `work` to the end even if the caller is cancelled (say, the client hung up).
+
+        A settle interrupted mid-statement would leave its refund to the sweeper, hold_timeout
+        later; shielded, it completes now. The task is kept referenced until it is done, and
+        a failure nobody awaits any more is logged.
+        """
+        task = asyncio.ensure_future(work)
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+        task.add_done_callback(_log_orphan_failure)
+        return await asyncio.shield(task)
+
+    async def wait_idle(self) -> None:
+        """Wait for shielded settles still running (call at shutdown, before engine.dispose)."""
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
 
     async def _lost_race(self, request_id: str) -> SettleOutcome:
         async with self._read() as repo:
@@ -400,17 +436,16 @@ class Ledger:
             async with self._read() as repo:
                 stale = await repo.stale_pending_ids(older_than_s=older_than_s, limit=_SWEEP_BATCH)
             for request_id in stale:
-                async with self._atomic() as repo:
-                    finished = await repo.finish_if_pending(
-                        request_id=request_id,
-                        new_state="swept",
-                        cost_micros=0,
-                        images=0,
-                        status_code=None,
-                        error_code="HOLD_EXPIRED",
-                        latency_ms=None,
-                        note="hold expired unsettled (swept)",
-                    )
+                finished = await self._finish(
+                    request_id=request_id,
+                    new_state="swept",
+                    cost_micros=0,
+                    images=0,
+                    status_code=None,
+                    error_code="HOLD_EXPIRED",
+                    latency_ms=None,
+                    note="hold expired unsettled (swept)",
+                )
                 if finished is not None:
                     swept += 1
                     logger.warning(
@@ -431,7 +466,7 @@ class Ledger:
         before_id = _parse_cursor(cursor)
         async with self._read() as repo:
             if await repo.get_account(account_id) is None:
-                raise _account_not_found(account_id)
+                raise account_not_found(account_id)
             rows = await repo.entries_page(account_id, limit=limit + 1, before_id=before_id)
         if len(rows) > limit:
             return rows[:limit], str(rows[limit - 1].id)
@@ -441,12 +476,8 @@ class Ledger:
         async with self._read() as repo:
             pair = await repo.balance_and_ledger_sum(account_id)
         if pair is None:
-            raise _account_not_found(account_id)
+            raise account_not_found(account_id)
         return pair
-
-
-def _account_not_found(account_id: str) -> NotFound:
-    return NotFound(f"No account with id {account_id!r}", code="ACCOUNT_NOT_FOUND")
 
 
 def _parse_cursor(cursor: str | None) -> int | None:
@@ -457,21 +488,6 @@ def _parse_cursor(cursor: str | None) -> int | None:
     return int(cursor)
 
 
-def _hold_refusal(facts: HoldFacts, hold: HoldRequest) -> GatewayError | None:
-    """Why a hold matched no row, in the order a client can act on; None if it now would pass."""
-    account_id, amount_micros = hold.account_id, hold.amount_micros
-    if not facts.key_exists or facts.key_account_id != account_id:
-        return AuthenticationError("Incorrect API key provided.", code="INVALID_API_KEY")
-    if facts.key_revoked:
-        return PermissionDenied("This API key has been revoked.", code="KEY_REVOKED")
-    if facts.key_expired:
-        return PermissionDenied("This API key has expired.", code="KEY_EXPIRED")
-    if facts.account_status is None:
-        return _account_not_found(account_id)
-    if facts.account_status != "active":
-        return PermissionDenied("This account is suspended.", code="ACCOUNT_SUSPENDED")
-    if facts.balance_micros < amount_micros:
-        return InsufficientBalance(
-            insufficient_balance_message(facts.balance_micros, amount_micros)
-        )
-    return None
+def _log_orphan_failure(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("ledger: shielded settle failed", exc_info=task.exception())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -329,3 +330,26 @@ async def test_log_unbilled(engine: AsyncEngine, ledger: Ledger) -> None:
     )
     assert (await ledger.settle(request_id=request_id, cost_micros=0, images=0)).state == "unbilled"
     assert await assert_books_balance(engine, account) == 0
+
+
+async def test_a_cancelled_settle_still_refunds(engine: AsyncEngine, ledger: Ledger) -> None:
+    """A client hanging up mid-settle must not leave the refund to the sweeper."""
+    account = await make_account(engine, 1_000_000)
+    key, _ = await make_key(engine, account)
+    request_id = rid()
+    await ledger.hold(
+        request_id=request_id, account_id=account, key_id=key, model="m", amount_micros=300_000
+    )
+    settle = asyncio.ensure_future(
+        ledger.settle(request_id=request_id, cost_micros=0, images=0, status_code=499)
+    )
+    await asyncio.sleep(0)  # let it start its statement
+    settle.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await settle
+    for _ in range(200):
+        if (await request_row(engine, request_id))["state"] == "settled":
+            break
+        await asyncio.sleep(0.01)
+    assert (await request_row(engine, request_id))["state"] == "settled"
+    assert await assert_books_balance(engine, account) == 1_000_000
