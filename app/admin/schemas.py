@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, Self, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic_core import PydanticCustomError
 
 from app.admin.reports import RequestRecord, UsageRow, usage_total
 from app.keys.repository import KeyRecord
@@ -27,12 +28,15 @@ T = TypeVar("T")
 
 
 def _usd_to_micros(value: Any) -> int:
+    # PydanticCustomError: the message reaches the client without pydantic's "Value error, "
     if not isinstance(value, int | float | str) or isinstance(value, bool):
-        raise ValueError("must be a decimal number of USD, as a number or a string")
+        raise PydanticCustomError(
+            "usd_amount", "must be a decimal number of USD, as a number or a string"
+        )
     try:
         return parse_usd(value)
     except MoneyError as exc:
-        raise ValueError(str(exc)) from exc
+        raise PydanticCustomError("usd_amount", str(exc)) from exc
 
 
 #: a USD amount in the body, as integer micro-dollars once validated

@@ -163,6 +163,8 @@ async def test_credit_and_adjustment(client: httpx.AsyncClient) -> None:
     assert_error(await client.post(path, json={"amount": 0}), 400, "INVALID_PARAMETER", "amount")
     response = await client.post(path, json={"amount": "0.0000005"})
     assert_error(response, 400, "INVALID_PARAMETER", "amount")
+    assert "finer than one micro-dollar" in response.json()["error"]["message"]
+    assert "Value error" not in response.json()["error"]["message"]
     assert_error(await client.post(path, json={}), 400, "INVALID_PARAMETER", "amount")
     fetched = (await client.get(f"/admin/v1/accounts/{account['id']}")).json()
     assert fetched["balance"] == 3.0

@@ -46,3 +46,30 @@ async def test_the_right_token_is_accepted(gateway: AdminTestGateway) -> None:
         response = await client.get("/admin/v1/accounts")
     assert response.status_code == 200
     assert response.json() == {"object": "list", "data": [], "next_cursor": None}
+
+
+@pytest.mark.parametrize(("token", "status"), [("real-token", 200), (None, 404)])
+async def test_the_application_mounts_the_admin_api(
+    database_url: str, token: str | None, status: int
+) -> None:
+    from pathlib import Path
+
+    from app.main import create_app
+    from app.settings import Settings
+
+    catalog = Path(__file__).parents[2] / "config" / "models.yaml"
+    settings = Settings(
+        DATABASE_URL=database_url, GATEWAY_ADMIN_TOKEN=token, GATEWAY_CONFIG=catalog
+    )
+    app = create_app(settings)
+    async with (
+        app.router.lifespan_context(app),
+        _client_for(app, Authorization="Bearer real-token") as client,
+    ):
+        response = await client.get("/admin/v1/accounts")
+    assert response.status_code == status, response.text
+
+
+def _client_for(app: object, **headers: str) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+    return httpx.AsyncClient(transport=transport, base_url="http://gateway", headers=headers)
