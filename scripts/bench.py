@@ -1,6 +1,6 @@
 """Benchmark: image-gateway vs the LiteLLM proxy, in front of the same mock OpenAI upstream.
 
-    .venv/bin/python scripts/bench.py [--requests 2000] [--concurrency 1,16,64] [--db sqlite|postgres]
+    .venv/bin/python scripts/bench.py [--requests N] [--concurrency 1,16,64] [--db sqlite|postgres]
 
 Everything runs on loopback: the mock upstream (its own process, one cached PNG per size, so
 the upstream costs the same for everyone), image-gateway (one uvicorn worker, billing on),
@@ -86,33 +86,75 @@ async def load(url: str, key: str, total: int, concurrency: int) -> dict[str, fl
     }
 
 
-def start_gateway(upstream: str, db: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str, str]:
+def start_gateway(
+    upstream: str, db: str, workdir: Path
+) -> tuple[subprocess.Popen[bytes], str, str]:
     catalog = workdir / "bench-models.yaml"
     catalog.write_text(CATALOG.format(upstream=upstream))
     if db == "postgres":
         database_url = "postgresql://postgres@127.0.0.1:5432/igw_bench"
-        subprocess.run(["psql", "-q", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-c",
-                        "DROP DATABASE IF EXISTS igw_bench WITH (FORCE)", "-c",
-                        "CREATE DATABASE igw_bench"], check=True)
+        subprocess.run(
+            [
+                "psql",
+                "-q",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "test",
+                "-c",
+                "DROP DATABASE IF EXISTS igw_bench WITH (FORCE)",
+                "-c",
+                "CREATE DATABASE igw_bench",
+            ],
+            check=True,
+        )
     else:
         database_url = f"sqlite:///{workdir}/bench.db"
         Path(f"{workdir}/bench.db").unlink(missing_ok=True)
-    env = {**os.environ, "DATABASE_URL": database_url, "GATEWAY_CONFIG": str(catalog),
-           "GATEWAY_LOG_LEVEL": "warning"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "GATEWAY_CONFIG": str(catalog),
+        "GATEWAY_LOG_LEVEL": "warning",
+    }
     cli = [str(ROOT / ".venv/bin/image-gateway")]
     subprocess.run([*cli, "migrate"], env=env, check=True, capture_output=True)
-    account = subprocess.run([*cli, "accounts", "create", "bench", "--balance", "100000", "--json"],
-                             env=env, check=True, capture_output=True, text=True).stdout
+    account = subprocess.run(
+        [*cli, "accounts", "create", "bench", "--balance", "100000", "--json"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     import json
 
     account_id = json.loads(account)["id"]
-    key = subprocess.run([*cli, "keys", "create", account_id, "--name", "bench", "--json"],
-                         env=env, check=True, capture_output=True, text=True).stdout
+    key = subprocess.run(
+        [*cli, "keys", "create", account_id, "--name", "bench", "--json"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     secret = json.loads(key)["key"]
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--port", str(port),
-         "--log-level", "warning", "--no-access-log"], env=env, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "app.main:create_app",
+            "--factory",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        env=env,
+        cwd=ROOT,
     )
     wait_http(f"http://127.0.0.1:{port}/healthz")
     return process, f"http://127.0.0.1:{port}/v1/images/generations", secret
@@ -129,8 +171,11 @@ def main() -> None:
     workdir.mkdir(exist_ok=True)
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        mock = subprocess.Popen([sys.executable, str(ROOT / "scripts/mock_upstream.py"),
-                                 "--fixed-png"], stdout=subprocess.PIPE, cwd=ROOT)
+        mock = subprocess.Popen(
+            [sys.executable, str(ROOT / "scripts/mock_upstream.py"), "--fixed-png"],
+            stdout=subprocess.PIPE,
+            cwd=ROOT,
+        )
         procs.append(mock)
         assert mock.stdout is not None
         upstream = mock.stdout.readline().decode().strip()
@@ -142,19 +187,27 @@ def main() -> None:
         }
         if not args.skip_litellm:
             port = free_port()
-            litellm = subprocess.Popen([str(PEER), upstream, str(port)],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            litellm = subprocess.Popen(
+                [str(PEER), upstream, str(port)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             procs.append(litellm)
             wait_http(f"http://127.0.0.1:{port}/health/liveliness")
             targets["litellm-proxy 1.100.5"] = (
-                f"http://127.0.0.1:{port}/v1/images/generations", "sk-bench")
+                f"http://127.0.0.1:{port}/v1/images/generations",
+                "sk-bench",
+            )
         print(f"{args.requests} requests per row, gpt-image-1 1024x1024 b64_json, loopback\n")
         print(f"{'target':28} {'conc':>5} {'req/s':>9} {'p50 ms':>9} {'p99 ms':>9} {'errors':>7}")
         for concurrency in [int(c) for c in args.concurrency.split(",")]:
             for name, (url, key) in targets.items():
                 result = asyncio.run(load(url, key, args.requests, concurrency))
-                print(f"{name:28} {concurrency:>5} {result['rps']:>9.1f} {result['p50_ms']:>9.2f}"
-                      f" {result['p99_ms']:>9.2f} {result['errors']:>7.0f}", flush=True)
+                print(
+                    f"{name:28} {concurrency:>5} {result['rps']:>9.1f} {result['p50_ms']:>9.2f}"
+                    f" {result['p99_ms']:>9.2f} {result['errors']:>7.0f}",
+                    flush=True,
+                )
     finally:
         for proc in reversed(procs):
             proc.terminate()

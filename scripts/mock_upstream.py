@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.mocks.openai_upstream import MockOpenAIUpstream  # noqa: E402
+from tests.mocks.openai_upstream import MockOpenAIUpstream
 
 
 def main() -> None:

@@ -11,13 +11,14 @@ from app.gateway import Gateway
 from app.keys.auth import AuthenticatedKey
 
 
-def get_gateway(request: Request) -> Gateway:
+async def get_gateway(request: Request) -> Gateway:
+    # async on purpose: FastAPI runs plain `def` dependencies in a worker thread
     gateway: Gateway = request.app.state.gateway
     return gateway
 
 
 async def get_current_key(request: Request) -> AuthenticatedKey:
-    gateway = get_gateway(request)
+    gateway: Gateway = request.app.state.gateway
     return await gateway.authenticator.authenticate(request.headers.get("authorization"))
 
 

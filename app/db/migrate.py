@@ -13,7 +13,6 @@ from alembic import command
 from alembic.config import Config
 
 import migrations
-
 from app.settings import normalize_database_url
 
 
@@ -21,7 +20,9 @@ def alembic_config(database_url: str) -> Config:
     config = Config()
     config.set_main_option("script_location", str(Path(migrations.__file__).parent))
     # '%' must be escaped for ConfigParser interpolation
-    config.set_main_option("sqlalchemy.url", normalize_database_url(database_url).replace("%", "%%"))
+    config.set_main_option(
+        "sqlalchemy.url", normalize_database_url(database_url).replace("%", "%%")
+    )
     return config
 
 

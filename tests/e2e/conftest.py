@@ -104,7 +104,9 @@ class Env:
     def client(self, secret: str | None = None, **kwargs: object) -> openai.OpenAI:
         kwargs.setdefault("max_retries", 0)
         return openai.OpenAI(
-            base_url=self.gateway.base_url, api_key=secret or self.secret, **kwargs  # type: ignore[arg-type]
+            base_url=self.gateway.base_url,
+            api_key=secret or self.secret,
+            **kwargs,  # type: ignore[arg-type]
         )
 
     def run(self, coro):  # type: ignore[no-untyped-def]
@@ -128,7 +130,9 @@ def upstream() -> Iterator[MockOpenAIUpstream]:
 
 @pytest.fixture
 def env(
-    database_url: str, upstream: MockOpenAIUpstream, tmp_path: Path,
+    database_url: str,
+    upstream: MockOpenAIUpstream,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Env]:
     monkeypatch.setenv("TEST_MOCK_UPSTREAM_KEY", UPSTREAM_KEY)

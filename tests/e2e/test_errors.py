@@ -23,7 +23,11 @@ def books(env: Env) -> int:
 
 
 def expect(
-    exc_class: type[openai.APIStatusError], status: int, code: str, call, param: str | None = None  # type: ignore[no-untyped-def]
+    exc_class: type[openai.APIStatusError],
+    status: int,
+    code: str,
+    call,
+    param: str | None = None,  # type: ignore[no-untyped-def]
 ) -> openai.APIStatusError:
     with pytest.raises(exc_class) as info:
         call()
@@ -42,32 +46,79 @@ def test_bad_requests_are_400_and_free(env: Env) -> None:
     before = books(env)
     client = env.client()
     gen = client.images.generate
-    expect(openai.BadRequestError, 400, "MODEL_NOT_FOUND", lambda: gen(model="nope", prompt="x"), "model")
-    expect(openai.BadRequestError, 400, "PROMPT_TOO_LONG",
-           lambda: gen(model="local-preview", prompt="x" * 1001), "prompt")
-    expect(openai.BadRequestError, 400, "INVALID_PARAMETER",
-           lambda: gen(model="local-preview", prompt="x", n=5), "n")
-    expect(openai.BadRequestError, 400, "INVALID_PARAMETER",
-           lambda: gen(model="pixel-model", prompt="x", output_format="jpeg"), "output_format")
-    expect(openai.BadRequestError, 400, "INVALID_PARAMETER",
-           lambda: gen(model="local-preview", prompt="x", extra_body={"width": 65}), "width")
-    expect(openai.BadRequestError, 400, "INVALID_PARAMETER",
-           lambda: gen(model="vendor/tier-model", prompt="x", extra_body={"resolution": "8K"}),
-           "resolution")
-    expect(openai.BadRequestError, 400, "INVALID_PARAMETER",
-           lambda: gen(model="local-preview", prompt="x", size="big"), "size")
-    expect(openai.BadRequestError, 400, "MISSING_PARAMETER",
-           lambda: client.post("/images/generations", body={"model": "local-preview"},
-                               cast_to=httpx.Response), "prompt")
-    expect(openai.BadRequestError, 400, "MODEL_NOT_FOUND",
-           lambda: gen(model="hidden-model", prompt="x"), "model")
+    expect(
+        openai.BadRequestError,
+        400,
+        "MODEL_NOT_FOUND",
+        lambda: gen(model="nope", prompt="x"),
+        "model",
+    )
+    expect(
+        openai.BadRequestError,
+        400,
+        "PROMPT_TOO_LONG",
+        lambda: gen(model="local-preview", prompt="x" * 1001),
+        "prompt",
+    )
+    expect(
+        openai.BadRequestError,
+        400,
+        "INVALID_PARAMETER",
+        lambda: gen(model="local-preview", prompt="x", n=5),
+        "n",
+    )
+    expect(
+        openai.BadRequestError,
+        400,
+        "INVALID_PARAMETER",
+        lambda: gen(model="pixel-model", prompt="x", output_format="jpeg"),
+        "output_format",
+    )
+    expect(
+        openai.BadRequestError,
+        400,
+        "INVALID_PARAMETER",
+        lambda: gen(model="local-preview", prompt="x", extra_body={"width": 65}),
+        "width",
+    )
+    expect(
+        openai.BadRequestError,
+        400,
+        "INVALID_PARAMETER",
+        lambda: gen(model="vendor/tier-model", prompt="x", extra_body={"resolution": "8K"}),
+        "resolution",
+    )
+    expect(
+        openai.BadRequestError,
+        400,
+        "INVALID_PARAMETER",
+        lambda: gen(model="local-preview", prompt="x", size="big"),
+        "size",
+    )
+    expect(
+        openai.BadRequestError,
+        400,
+        "MISSING_PARAMETER",
+        lambda: client.post(
+            "/images/generations", body={"model": "local-preview"}, cast_to=httpx.Response
+        ),
+        "prompt",
+    )
+    expect(
+        openai.BadRequestError,
+        400,
+        "MODEL_NOT_FOUND",
+        lambda: gen(model="hidden-model", prompt="x"),
+        "model",
+    )
     assert books(env) == before
 
 
 def test_malformed_json_is_400_not_500(env: Env) -> None:
     for body in (b"{not json", b"[1, 2]", b"", b'"text"'):
         response = httpx.post(
-            f"{env.gateway.base_url}/images/generations", content=body,
+            f"{env.gateway.base_url}/images/generations",
+            content=body,
             headers={"Authorization": f"Bearer {env.secret}", "Content-Type": "application/json"},
         )
         assert response.status_code == 400, body
@@ -95,7 +146,10 @@ def test_permission_errors(env: Env) -> None:
         return revoked, expired, limited
 
     revoked, expired, limited = env.run(keys)
-    gen = lambda secret: lambda: env.client(secret).images.generate(model="local-preview", prompt="x")  # noqa: E731
+    def gen(secret):
+        return (
+            lambda: env.client(secret).images.generate(model="local-preview", prompt="x")
+        )
     expect(openai.PermissionDeniedError, 403, "KEY_REVOKED", gen(revoked))
     expect(openai.PermissionDeniedError, 403, "KEY_EXPIRED", gen(expired))
     expect(openai.PermissionDeniedError, 403, "MODEL_NOT_ALLOWED", gen(limited), "model")
@@ -110,37 +164,56 @@ def test_insufficient_balance_is_402(env: Env) -> None:
         return secret
 
     secret = env.run(poor)
-    error = expect(openai.APIStatusError, 402, "INSUFFICIENT_BALANCE",
-                   lambda: env.client(secret).images.generate(model="gpt-image-1", prompt="x",
-                                                              quality="high"))
+    error = expect(
+        openai.APIStatusError,
+        402,
+        "INSUFFICIENT_BALANCE",
+        lambda: env.client(secret).images.generate(model="gpt-image-1", prompt="x", quality="high"),
+    )
     assert error.type == "insufficient_quota"  # type: ignore[attr-defined]
 
 
 def test_upstream_failure_is_502_and_refunded(env: Env) -> None:
     before = books(env)
     env.upstream.fail_next(500, {"error": {"message": "boom", "type": "server_error"}})
-    expect(openai.InternalServerError, 502, "UPSTREAM_ERROR",
-           lambda: env.client().images.generate(model="gpt-image-1", prompt="x"))
+    expect(
+        openai.InternalServerError,
+        502,
+        "UPSTREAM_ERROR",
+        lambda: env.client().images.generate(model="gpt-image-1", prompt="x"),
+    )
     assert books(env) == before
 
 
 def test_content_blocked_is_400_and_refunded(env: Env) -> None:
     before = books(env)
-    expect(openai.BadRequestError, 400, "CONTENT_BLOCKED",
-           lambda: env.client().images.generate(model="gpt-image-1", prompt="BLOCKME please"))
+    expect(
+        openai.BadRequestError,
+        400,
+        "CONTENT_BLOCKED",
+        lambda: env.client().images.generate(model="gpt-image-1", prompt="BLOCKME please"),
+    )
     assert books(env) == before
 
 
 def test_upstream_credentials_never_leak(env: Env) -> None:
-    env.upstream.fail_next(401, {"error": {"message": "Incorrect API key provided: sk-upst****6789"}})
-    error = expect(openai.InternalServerError, 502, "UPSTREAM_ERROR",
-                   lambda: env.client().images.generate(model="gpt-image-1", prompt="x"))
+    env.upstream.fail_next(
+        401, {"error": {"message": "Incorrect API key provided: sk-upst****6789"}}
+    )
+    error = expect(
+        openai.InternalServerError,
+        502,
+        "UPSTREAM_ERROR",
+        lambda: env.client().images.generate(model="gpt-image-1", prompt="x"),
+    )
     assert "sk-upstream-secret" not in error.response.text
 
 
 def test_request_id_is_echoed_or_generated(env: Env) -> None:
     headers = {"Authorization": f"Bearer {env.secret}"}
-    mine = httpx.get(f"{env.gateway.base_url}/models", headers={**headers, "x-request-id": "abc-123"})
+    mine = httpx.get(
+        f"{env.gateway.base_url}/models", headers={**headers, "x-request-id": "abc-123"}
+    )
     assert mine.headers["x-request-id"] == "abc-123"
     generated = httpx.get(f"{env.gateway.base_url}/models", headers=headers)
     assert generated.headers["x-request-id"].startswith("req_")

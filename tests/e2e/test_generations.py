@@ -38,7 +38,10 @@ def test_local_preview_b64_with_size(env: Env) -> None:
 
 def test_local_preview_url_format_is_inline_data_uri(env: Env) -> None:
     result = env.client().images.generate(
-        model="local-preview", prompt="a blue whale", response_format="url", output_format="webp",
+        model="local-preview",
+        prompt="a blue whale",
+        response_format="url",
+        output_format="webp",
         n=2,
     )
     assert len(result.data) == 2
@@ -46,18 +49,22 @@ def test_local_preview_url_format_is_inline_data_uri(env: Env) -> None:
         assert item.url is not None
         prefix = "data:image/webp;base64,"
         assert item.url.startswith(prefix)
-        assert decode(item.url[len(prefix):]).format == "WEBP"
+        assert decode(item.url[len(prefix) :]).format == "WEBP"
 
 
 def test_local_preview_pixel_fields_via_extra_body_and_jpeg(env: Env) -> None:
     result = env.client().images.generate(
-        model="local-preview", prompt="a cat", output_format="jpeg",
+        model="local-preview",
+        prompt="a cat",
+        output_format="jpeg",
         extra_body={"width": 320, "height": 200, "seed": 7},
     )
     image = decode(result.data[0].b64_json)
     assert (image.format, image.size) == ("JPEG", (320, 200))
     again = env.client().images.generate(
-        model="local-preview", prompt="a cat", output_format="jpeg",
+        model="local-preview",
+        prompt="a cat",
+        output_format="jpeg",
         extra_body={"width": 320, "height": 200, "seed": 7},
     )
     assert again.data[0].b64_json == result.data[0].b64_json  # deterministic from prompt+seed
@@ -66,7 +73,11 @@ def test_local_preview_pixel_fields_via_extra_body_and_jpeg(env: Env) -> None:
 def test_openai_adapter_b64_preset_and_quality_pricing(env: Env) -> None:
     before = balance(env)
     result = env.client().images.generate(
-        model="gpt-image-1", prompt="a lighthouse", size="1536x1024", quality="low", n=2,
+        model="gpt-image-1",
+        prompt="a lighthouse",
+        size="1536x1024",
+        quality="low",
+        n=2,
     )
     assert len(result.data) == 2
     assert decode(result.data[0].b64_json).size == (1536, 1024)
@@ -83,7 +94,10 @@ def test_openai_adapter_b64_preset_and_quality_pricing(env: Env) -> None:
 def test_openai_adapter_url_mode_upstream_is_downloaded_and_inlined(env: Env) -> None:
     env.upstream.mode = "url"
     result = env.client().images.generate(
-        model="gpt-image-1", prompt="a harbour", size="1024x1024", response_format="url",
+        model="gpt-image-1",
+        prompt="a harbour",
+        size="1024x1024",
+        response_format="url",
     )
     url = result.data[0].url
     assert url is not None and url.startswith("data:image/png;base64,")
@@ -93,7 +107,10 @@ def test_openai_adapter_url_mode_upstream_is_downloaded_and_inlined(env: Env) ->
 def test_transcodes_when_upstream_returns_another_format(env: Env) -> None:
     env.upstream.image_format = "jpeg"
     result = env.client().images.generate(
-        model="pixel-model", prompt="a bridge", output_format="webp", size="512x512",
+        model="pixel-model",
+        prompt="a bridge",
+        output_format="webp",
+        size="512x512",
     )
     image = decode(result.data[0].b64_json)
     assert (image.format, image.size) == ("WEBP", (512, 512))
@@ -131,7 +148,8 @@ def test_plain_size_is_translated_for_tier_model(env: Env) -> None:
 
 def test_foreign_sizing_fields_are_ignored_and_unknown_fields_forwarded(env: Env) -> None:
     env.client().images.generate(
-        model="aspect-model", prompt="p",
+        model="aspect-model",
+        prompt="p",
         extra_body={"width": 999, "resolution": "4K", "style_preset": "noir"},
     )
     sent = env.upstream.requests[-1].json

@@ -10,12 +10,20 @@ from tests.e2e.conftest import Env
 def test_list_shows_visible_models_with_their_schema(env: Env) -> None:
     models = {m.id: m for m in env.client().models.list()}
     assert set(models) == {
-        "local-preview", "gpt-image-1", "vendor/tier-model", "aspect-model", "pixel-model",
+        "local-preview",
+        "gpt-image-1",
+        "vendor/tier-model",
+        "aspect-model",
+        "pixel-model",
     }  # hidden-model's provider has no credentials
     local = models["local-preview"].model_dump()
     assert local["object"] == "model"
     assert local["parameters"]["width"] == {
-        "type": "integer", "min": 64, "max": 2048, "multiple_of": 8, "default": 256,
+        "type": "integer",
+        "min": 64,
+        "max": 2048,
+        "multiple_of": 8,
+        "default": 256,
     }
     assert local["edit"] == {"supported": True, "max_reference_images": 4}
     assert local["prompt_max_length"] == 1000

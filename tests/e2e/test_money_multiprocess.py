@@ -122,7 +122,9 @@ def ledger_counts(url: str, account_id: str) -> dict[str, int]:
     async def read(engine):  # type: ignore[no-untyped-def]
         async with engine.connect() as conn:
             rows = await conn.execute(
-                text("SELECT kind, count(*) FROM ledger_entries WHERE account_id = :a GROUP BY kind"),
+                text(
+                    "SELECT kind, count(*) FROM ledger_entries WHERE account_id = :a GROUP BY kind"
+                ),
                 {"a": account_id},
             )
             return {kind: count for kind, count in rows}
@@ -186,9 +188,12 @@ def test_four_processes_failed_requests_are_refunded(
         for gateway in gateways:
             gateway.stop()
     print(f"\n4 processes, {REQUESTS} concurrent, 1/3 upstream failures: {dict(statuses)}")
-    succeeded, failed = statuses[200], statuses[502]
-    assert succeeded + failed + statuses[402] == REQUESTS
-    assert failed > REQUESTS // 5  # the mock really failed about a third of what reached it
+    succeeded = statuses[200]
+    # 502 from the mock's random 500s; under this load a few upstream connections may also
+    # fail (503) or time out (504): failures all the same, and refunded all the same
+    failed = statuses[502] + statuses[503] + statuses[504]
+    assert succeeded + failed + statuses[402] == REQUESTS, statuses
+    assert statuses[502] > REQUESTS // 5  # the mock really failed about a third
     balance = run_db(postgres_url, lambda e: assert_books_balance(e, account))
     assert balance == (k - succeeded) * PRICE
     counts = ledger_counts(postgres_url, account)
@@ -230,8 +235,12 @@ def test_sigkill_mid_request_leaves_no_money_in_limbo(postgres_url: str, tmp_pat
     assert run_db(postgres_url, lambda e: assert_books_balance(e, account)) == 4 * PRICE
     # a surviving replica's sweeper returns the orphaned hold after the hold timeout
     (survivor,) = start_gateways(
-        1, postgres_url, catalog, tmp_path,
-        GATEWAY_HOLD_TIMEOUT_S="1", GATEWAY_SWEEP_INTERVAL_S="0.2",
+        1,
+        postgres_url,
+        catalog,
+        tmp_path,
+        GATEWAY_HOLD_TIMEOUT_S="1",
+        GATEWAY_SWEEP_INTERVAL_S="0.2",
     )
     try:
         deadline = time.monotonic() + 15

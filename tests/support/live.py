@@ -35,7 +35,11 @@ class LiveGateway:
         )
         self.app = create_app(self.settings)
         config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=0, log_level="warning", lifespan="on",
+            self.app,
+            host="127.0.0.1",
+            port=0,
+            log_level="warning",
+            lifespan="on",
             access_log=False,
         )
         self._server = uvicorn.Server(config)
