@@ -48,7 +48,7 @@ from collections.abc import AsyncIterator, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Literal, TypeVar
 
-from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.errors import (
@@ -80,11 +80,21 @@ def new_account_id() -> str:
     return "acct_" + secrets.token_hex(12)
 
 
+def _is_unavailable(exc: Exception) -> bool:
+    """Connection-level failures (down, unreachable, too many clients), not SQL bugs."""
+    if isinstance(exc, OSError | TimeoutError | OperationalError | InterfaceError):
+        return True
+    # asyncpg errors SQLAlchemy cannot classify ("too many clients") arrive as bare DBAPIError
+    return isinstance(exc, DBAPIError) and (type(exc) is DBAPIError or exc.connection_invalidated)
+
+
 @contextmanager
 def _database_errors() -> Iterator[None]:
     try:
         yield
-    except (OperationalError, InterfaceError, OSError, TimeoutError) as exc:
+    except Exception as exc:
+        if not _is_unavailable(exc):
+            raise
         logger.error("ledger: database unavailable: %r", exc)
         raise ServiceUnavailable(
             "The database is unavailable, please retry.", retry_after=1
