@@ -22,7 +22,7 @@ def new_request_id() -> str:
 def _client_id(scope: Scope) -> str | None:
     for name, value in scope.get("headers", ()):
         if name == HEADER:
-            text = value.decode("latin-1")
+            text: str = value.decode("latin-1")
             if 0 < len(text) <= 200 and text.isprintable():
                 return text
             return None
