@@ -91,7 +91,7 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
         idempotency=IdempotencyStore(engine),
         rate_limiter=rate_limiter,
     )
-    sweeper = Sweeper(ledger)
+    sweeper = Sweeper(ledger, idempotency=gateway.idempotency)
     sweeper_task = asyncio.create_task(
         sweeper.run_forever(
             interval_s=settings.sweep_interval_s, hold_timeout_s=settings.hold_timeout_s
@@ -104,6 +104,7 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
         sweeper_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper_task
+        await ledger.wait_idle()  # settlements shielded from cancelled requests
         await rate_limiter.aclose()
         await http.aclose()
         await engine.dispose()

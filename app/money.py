@@ -12,7 +12,6 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 
 MICROS_PER_USD = 1_000_000
-_MICRO = Decimal("0.000001")
 
 
 class MoneyError(ValueError):
@@ -37,7 +36,11 @@ def parse_usd(value: str | int | float | Decimal) -> int:
 
 
 def micros_to_decimal(micros: int) -> Decimal:
-    return (Decimal(micros) / MICROS_PER_USD).quantize(_MICRO).normalize() if micros else Decimal(0)
+    """Exact USD value with no trailing zeros and never in exponent form (10, not 1E+1)."""
+    amount = Decimal(micros).scaleb(-6)
+    if amount == amount.to_integral_value():
+        return amount.quantize(Decimal(1))
+    return amount.normalize()
 
 
 def micros_to_json(micros: int) -> float:

@@ -36,8 +36,10 @@ async def test_balance_can_never_go_negative(database_url: str) -> None:
     try:
         async with engine.begin() as connection:
             await connection.execute(
-                text("INSERT INTO accounts (id, name, balance_micros, status) "
-                     "VALUES ('acct_x', 'x', 5, 'active')")
+                text(
+                    "INSERT INTO accounts (id, name, balance_micros, status) "
+                    "VALUES ('acct_x', 'x', 5, 'active')"
+                )
             )
         with pytest.raises(IntegrityError):
             async with engine.begin() as connection:

@@ -146,10 +146,10 @@ def test_permission_errors(env: Env) -> None:
         return revoked, expired, limited
 
     revoked, expired, limited = env.run(keys)
+
     def gen(secret):
-        return (
-            lambda: env.client(secret).images.generate(model="local-preview", prompt="x")
-        )
+        return lambda: env.client(secret).images.generate(model="local-preview", prompt="x")
+
     expect(openai.PermissionDeniedError, 403, "KEY_REVOKED", gen(revoked))
     expect(openai.PermissionDeniedError, 403, "KEY_EXPIRED", gen(expired))
     expect(openai.PermissionDeniedError, 403, "MODEL_NOT_ALLOWED", gen(limited), "model")
