@@ -7,14 +7,19 @@ import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import openai
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.engine import make_engine
 from tests.mocks.openai_upstream import MockOpenAIUpstream
 from tests.support import factories
-from tests.support.live import LiveGateway, write_catalog
+from tests.support.books import assert_books_balance
+from tests.support.live import ADMIN_TOKEN, LiveGateway, write_catalog
 
 UPSTREAM_KEY = "sk-upstream-secret-0123456789"
 
@@ -30,7 +35,7 @@ providers:
     adapter: openai
     base_url: {upstream}
     api_key: ${{TEST_UNSET_VARIABLE_FOR_HIDDEN_MODEL}}
-
+{extra_providers}
 models:
   local-preview:
     owned_by: image-gateway
@@ -89,7 +94,16 @@ models:
     routes: [{{provider: nokey}}]
     pricing:
       per_image: 0.01
+{extra_models}
 """
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "gateway(settings=None, providers='', models=''): the `env` gateway's Settings "
+        "overrides, and catalog YAML appended to the providers / models sections",
+    )
 
 
 @dataclass
@@ -97,6 +111,7 @@ class Env:
     gateway: LiveGateway
     upstream: MockOpenAIUpstream
     database_url: str
+    catalog_path: Path
     account_id: str
     key_id: str
     secret: str
@@ -107,6 +122,14 @@ class Env:
             base_url=self.gateway.base_url,
             api_key=secret or self.secret,
             **kwargs,  # type: ignore[arg-type]
+        )
+
+    def admin(self) -> httpx.Client:
+        """An httpx client on `/admin/v1` with the admin token (close it, or use `with`)."""
+        return httpx.Client(
+            base_url=f"{self.gateway.url}/admin/v1",
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            timeout=30,
         )
 
     def run(self, coro):  # type: ignore[no-untyped-def]
@@ -122,6 +145,31 @@ class Env:
         return asyncio.run(wrapped())
 
 
+async def assert_all_books_closed(engine: AsyncEngine) -> None:
+    """After a test: every account's books balance, and no money or idempotency key is left
+    half-way (no `pending` request, no `in_progress` Idempotency-Key)."""
+    async with engine.connect() as connection:
+        account_ids = (await connection.execute(text("SELECT id FROM accounts"))).scalars().all()
+        pending = (
+            (await connection.execute(text("SELECT id FROM request_log WHERE state = 'pending'")))
+            .scalars()
+            .all()
+        )
+        in_progress = (
+            (
+                await connection.execute(
+                    text("SELECT idem_key FROM idempotency_records WHERE state = 'in_progress'")
+                )
+            )
+            .scalars()
+            .all()
+        )
+    for account_id in account_ids:
+        await assert_books_balance(engine, account_id)
+    assert not pending, f"requests left pending: {pending}"
+    assert not in_progress, f"Idempotency-Keys left in progress: {in_progress}"
+
+
 @pytest.fixture
 def upstream() -> Iterator[MockOpenAIUpstream]:
     with MockOpenAIUpstream(api_key=UPSTREAM_KEY) as mock:
@@ -130,22 +178,37 @@ def upstream() -> Iterator[MockOpenAIUpstream]:
 
 @pytest.fixture
 def env(
+    request: pytest.FixtureRequest,
     database_url: str,
     upstream: MockOpenAIUpstream,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Env]:
+    """A seeded account and key and a live gateway; afterwards, every account's books are
+    checked (`assert_all_books_closed`) once the gateway has shut down."""
+    marker = request.node.get_closest_marker("gateway")
+    options: dict[str, Any] = dict(marker.kwargs) if marker else {}
     monkeypatch.setenv("TEST_MOCK_UPSTREAM_KEY", UPSTREAM_KEY)
     monkeypatch.delenv("TEST_UNSET_VARIABLE_FOR_HIDDEN_MODEL", raising=False)
-    catalog = write_catalog(tmp_path, CATALOG.format(upstream=upstream.base_url))
+    catalog = write_catalog(
+        tmp_path,
+        CATALOG.format(
+            upstream=upstream.base_url,
+            extra_providers=options.get("providers", "").replace("{upstream}", upstream.base_url),
+            extra_models=options.get("models", ""),
+        ),
+    )
 
     async def seed(engine):  # type: ignore[no-untyped-def]
         account_id = await factories.make_account(engine, balance_micros=10_000_000)
         key_id, secret = await factories.make_key(engine, account_id)
         return account_id, key_id, secret
 
-    env = Env(None, upstream, database_url, "", "", "")  # type: ignore[arg-type]
+    env = Env(None, upstream, database_url, catalog, "", "", "")  # type: ignore[arg-type]
     env.account_id, env.key_id, env.secret = env.run(seed)
-    with LiveGateway(database_url=database_url, catalog_path=catalog) as gateway:
+    with LiveGateway(
+        database_url=database_url, catalog_path=catalog, **options.get("settings", {})
+    ) as gateway:
         env.gateway = gateway
         yield env
+    env.run(assert_all_books_closed)
