@@ -84,7 +84,7 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def resolve_model(catalog: Catalog, key: AuthenticatedKey, body: dict[str, Any]) -> CompiledModel:
+def resolve_model(catalog: Catalog, body: dict[str, Any]) -> CompiledModel:
     model_id = body.get("model")
     if model_id is None or model_id == "":
         raise MissingParameter("You must provide a model parameter.", param="model")
@@ -96,13 +96,17 @@ def resolve_model(catalog: Catalog, key: AuthenticatedKey, body: dict[str, Any])
             f"The model '{model_id}' does not exist; GET /v1/models lists the models you can use.",
             param="model",
         )
-    if not key.allows(model_id):
+    return model
+
+
+def check_model_allowed(key: AuthenticatedKey, model: CompiledModel) -> None:
+    # Separate from `resolve_model` so the refusal is logged under the model it names.
+    if not key.allows(model.id):
         raise PermissionDenied(
-            f"This API key is not allowed to use the model '{model_id}'.",
+            f"This API key is not allowed to use the model '{model.id}'.",
             code="MODEL_NOT_ALLOWED",
             param="model",
         )
-    return model
 
 
 class ImageService:
@@ -115,8 +119,9 @@ class ImageService:
         user: str | None = None
         try:
             body = parse_json_object(raw_body)
-            model = resolve_model(self.gateway.catalog, ctx.key, body)
+            model = resolve_model(self.gateway.catalog, body)
             model_id = model.id
+            check_model_allowed(ctx.key, model)
             validated = model.validate(body)
             user = validated.user
             price = model.price.quote(validated.request)
