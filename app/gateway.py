@@ -30,6 +30,7 @@ from app.ledger.sweeper import Sweeper
 from app.ratelimit import make_rate_limiter
 from app.ratelimit.base import RateLimiter
 from app.settings import Settings
+from app.upstream_client import make_http_client
 
 logger = logging.getLogger(__name__)
 
@@ -47,16 +48,6 @@ class Gateway:
     authenticator: KeyAuthenticator
     idempotency: IdempotencyStore
     rate_limiter: RateLimiter
-
-
-def make_http_client(settings: Settings) -> httpx.AsyncClient:
-    limits = httpx.Limits(
-        max_connections=settings.upstream_max_connections,
-        max_keepalive_connections=settings.upstream_max_connections,
-        keepalive_expiry=60,
-    )
-    # per-provider timeouts are applied per call by the adapters
-    return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(120.0), follow_redirects=False)
 
 
 def build_adapters(catalog: Catalog, context: AdapterContext) -> dict[str, ImageAdapter]:

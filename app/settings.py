@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -61,6 +62,9 @@ class Settings(BaseSettings):
     # Upstream HTTP
     upstream_max_connections: int = Field(
         default=200, validation_alias="GATEWAY_UPSTREAM_MAX_CONNECTIONS"
+    )
+    upstream_transport: Literal["aiohttp", "httpx"] = Field(
+        default="aiohttp", validation_alias="GATEWAY_UPSTREAM_TRANSPORT"
     )
     stream_keepalive_s: float = Field(default=15.0, validation_alias="GATEWAY_STREAM_KEEPALIVE_S")
 

@@ -8,6 +8,8 @@ import httpx
 import pytest
 
 from app.adapters.base import AdapterContext
+from app.settings import Settings
+from app.upstream_client import make_http_client
 from tests.mocks.openai_upstream import MockOpenAIUpstream
 
 UPSTREAM_KEY = "sk-upstream-SECRET-0123456789"
@@ -31,9 +33,11 @@ def upstream(_upstream_server: MockOpenAIUpstream) -> MockOpenAIUpstream:
     return _upstream_server
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
+@pytest.fixture(params=["aiohttp", "httpx"])
+async def http(request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
+    """The gateway's own client, over each transport it can run with."""
+    settings = Settings(upstream_transport=request.param)
+    async with make_http_client(settings) as client:
         yield client
 
 
