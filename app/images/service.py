@@ -31,6 +31,7 @@ from app.catalog.parameters import CompiledModel, ValidatedGeneration
 from app.errors import (
     GatewayError,
     InternalError,
+    InvalidParameter,
     InvalidRequest,
     MissingParameter,
     ModelNotFound,
@@ -124,6 +125,13 @@ class ImageService:
             check_model_allowed(ctx.key, model)
             validated = model.validate(body)
             user = validated.user
+            if validated.stream:
+                # SSE (SPEC 1.4) is not built yet; a JSON answer would break the SDK's parser
+                raise InvalidParameter(
+                    "Streaming (stream: true) is not available on this gateway yet; "
+                    "omit it to receive the images in one JSON response.",
+                    param="stream",
+                )
             price = model.price.quote(validated.request)
         except GatewayError as error:
             await self._log_unbilled(ctx, model_id, user, error, started)
@@ -135,12 +143,16 @@ class ImageService:
         ctx = job.ctx
         scope = f"{ctx.endpoint}:{ctx.key.account_id}"
         if ctx.idempotency_key is not None:
-            stored = await gw.idempotency.begin(
-                scope=scope,
-                key=ctx.idempotency_key,
-                request_hash=request_hash("POST", ctx.path, raw_body),
-                ttl_s=gw.settings.idempotency_ttl_s,
-            )
+            try:
+                stored = await gw.idempotency.begin(
+                    scope=scope,
+                    key=ctx.idempotency_key,
+                    request_hash=request_hash("POST", ctx.path, raw_body),
+                    ttl_s=gw.settings.idempotency_ttl_s,
+                )
+            except GatewayError as error:  # a bad key (400) or a 409: refused, unbilled
+                await self._log_unbilled(ctx, job.model.id, job.validated.user, error, job.started)
+                raise
             if stored is not None:
                 return Outcome(stored.status_code, stored.body)
         try:
