@@ -14,11 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from app.errors import InvalidParameter
-from app.ledger.idempotency import IdempotencyStore, request_hash
+from app.ledger.idempotency import MAX_KEY_LENGTH, IdempotencyStore, request_hash
 from app.ledger.records import LedgerRow
 from app.ledger.service import Ledger
 
-MAX_IDEMPOTENCY_KEY_LENGTH = 255
+MAX_IDEMPOTENCY_KEY_LENGTH = MAX_KEY_LENGTH
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,12 +35,14 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.models import IdempotencyRecord
-from app.errors import Conflict
+from app.errors import Conflict, InvalidParameter
 from app.ledger.records import utc_now
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_LEASE_S = 900.0
+#: the column's width (`idempotency_records.idem_key`); longer keys are a 400, not a DB error
+MAX_KEY_LENGTH = 255
 _BEGIN_ATTEMPTS = 3
 
 
@@ -73,6 +75,11 @@ class IdempotencyStore:
         self, *, scope: str, key: str, request_hash: str, ttl_s: int
     ) -> StoredResponse | None:
         """None: the caller now owns the key. Else the response to replay, or 409."""
+        if not 1 <= len(key) <= MAX_KEY_LENGTH:
+            raise InvalidParameter(
+                f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters.",
+                param="Idempotency-Key",
+            )
         for _ in range(_BEGIN_ATTEMPTS):
             if await self._claim(scope=scope, key=key, request_hash=request_hash, ttl_s=ttl_s):
                 return None

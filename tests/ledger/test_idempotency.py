@@ -8,8 +8,13 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.errors import Conflict
-from app.ledger.idempotency import IdempotencyStore, StoredResponse, request_hash
+from app.errors import Conflict, InvalidParameter
+from app.ledger.idempotency import (
+    MAX_KEY_LENGTH,
+    IdempotencyStore,
+    StoredResponse,
+    request_hash,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -55,6 +60,17 @@ async def test_own_then_replay(engine: AsyncEngine) -> None:
     assert replay == StoredResponse(status_code=200, body=b'{"ok": true}')
     # scopes are separate: the same key in another account is a new request
     assert await store.begin(scope="gen:acct_2", key="k1", request_hash=HASH_A, ttl_s=60) is None
+
+
+async def test_keys_longer_than_the_column_are_a_400(engine: AsyncEngine) -> None:
+    # Postgres would refuse the INSERT (a driver error, i.e. a 503); SQLite would store it
+    store = IdempotencyStore(engine)
+    for key in ("", "k" * (MAX_KEY_LENGTH + 1)):
+        with pytest.raises(InvalidParameter) as info:
+            await store.begin(scope=SCOPE, key=key, request_hash=HASH_A, ttl_s=60)
+        assert info.value.param == "Idempotency-Key"
+    longest = "k" * MAX_KEY_LENGTH
+    assert await store.begin(scope=SCOPE, key=longest, request_hash=HASH_A, ttl_s=60) is None
 
 
 async def test_different_body_is_a_conflict(engine: AsyncEngine) -> None:
