@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from httpx_aiohttp import AiohttpTransport
 from sqlalchemy import text
 
 from app.db.engine import make_engine
@@ -103,8 +104,11 @@ def write_catalog(tmp_path: Path, upstream: str, latency_ms: int = 0) -> Path:
 
 
 async def fire(urls: list[str], secret: str, model: str, count: int) -> collections.Counter[int]:
+    # aiohttp's transport: httpcore's pool scans every connection on each request, which at
+    # 2,000 connections makes the load generator, not the gateways, the bottleneck
     limits = httpx.Limits(max_connections=count, max_keepalive_connections=count)
-    async with httpx.AsyncClient(limits=limits, timeout=120) as client:
+    transport = AiohttpTransport(limits=limits)
+    async with httpx.AsyncClient(transport=transport, timeout=120) as client:
 
         async def one(i: int) -> int:
             response = await client.post(
@@ -116,6 +120,17 @@ async def fire(urls: list[str], secret: str, model: str, count: int) -> collecti
 
         statuses = await asyncio.gather(*(one(i) for i in range(count)))
     return collections.Counter(statuses)
+
+
+def seed_account(url: str, balance_micros: int) -> tuple[str, str]:
+    """A funded account and a key for it: (account_id, secret)."""
+
+    async def seed(engine):  # type: ignore[no-untyped-def]
+        account = await factories.make_account(engine, balance_micros=balance_micros)
+        _, secret = await factories.make_key(engine, account)
+        return account, secret
+
+    return run_db(url, seed)  # type: ignore[no-any-return]
 
 
 def ledger_counts(url: str, account_id: str) -> dict[str, int]:
@@ -148,12 +163,7 @@ def test_four_processes_exactly_k_succeed(
     k = 700
     catalog = write_catalog(tmp_path, upstream.base_url)
 
-    async def seed(engine):  # type: ignore[no-untyped-def]
-        account = await factories.make_account(engine, balance_micros=k * PRICE)
-        _, secret = await factories.make_key(engine, account)
-        return account, secret
-
-    account, secret = run_db(postgres_url, seed)
+    account, secret = seed_account(postgres_url, k * PRICE)
     gateways = start_gateways(PROCESSES, postgres_url, catalog, tmp_path)
     try:
         started = time.perf_counter()
@@ -175,12 +185,7 @@ def test_four_processes_failed_requests_are_refunded(
     k = 1_500
     catalog = write_catalog(tmp_path, upstream.base_url)
 
-    async def seed(engine):  # type: ignore[no-untyped-def]
-        account = await factories.make_account(engine, balance_micros=k * PRICE)
-        _, secret = await factories.make_key(engine, account)
-        return account, secret
-
-    account, secret = run_db(postgres_url, seed)
+    account, secret = seed_account(postgres_url, k * PRICE)
     gateways = start_gateways(PROCESSES, postgres_url, catalog, tmp_path)
     try:
         statuses = asyncio.run(fire([g.url for g in gateways], secret, "flaky", REQUESTS))
@@ -205,12 +210,7 @@ def test_four_processes_failed_requests_are_refunded(
 def test_sigkill_mid_request_leaves_no_money_in_limbo(postgres_url: str, tmp_path: Path) -> None:
     catalog = write_catalog(tmp_path, "http://127.0.0.1:9", latency_ms=60_000)
 
-    async def seed(engine):  # type: ignore[no-untyped-def]
-        account = await factories.make_account(engine, balance_micros=5 * PRICE)
-        _, secret = await factories.make_key(engine, account)
-        return account, secret
-
-    account, secret = run_db(postgres_url, seed)
+    account, secret = seed_account(postgres_url, 5 * PRICE)
     (victim,) = start_gateways(1, postgres_url, catalog, tmp_path)
 
     async def hang() -> None:
