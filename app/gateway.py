@@ -56,9 +56,7 @@ def build_adapters(catalog: Catalog, context: AdapterContext) -> dict[str, Image
 
 @contextlib.asynccontextmanager
 async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
-    catalog = load_catalog(settings.gateway_config, os.environ)
-    for warning in catalog.warnings:
-        logger.warning("catalog: %s", warning)
+    catalog = load_catalog(settings.gateway_config, os.environ)  # logs its own warnings
     engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
     http = make_http_client(settings)
     rate_limiter = make_rate_limiter(settings.redis_url)
