@@ -17,6 +17,7 @@ failures are translated into `app.errors` classes (`UpstreamError`, `UpstreamTim
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -47,6 +48,9 @@ class ImageRequest:
     #: edits: reference images (raw bytes, already sniffed) and an optional mask
     images: tuple[bytes, ...] = ()
     mask: bytes | None = None
+    #: streaming: how many partial images the client asked for (0 = none; already 0 unless
+    #: the model declares `partial_images: true`)
+    partial_images: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,11 +81,25 @@ class AdapterContext:
     max_download_bytes: int
 
 
+#: where an adapter hands a partial image (raw bytes, any format) while it works on a stream
+PartialSink = Callable[[bytes], Awaitable[None]]
+
+
 class ImageAdapter(Protocol):
     """One provider's adapter, built once per catalog provider."""
 
-    async def generate(self, request: ImageRequest, *, upstream_model: str) -> AdapterResult:
-        """Produce up to `request.n` images; fewer is allowed (the caller bills what came)."""
+    async def generate(
+        self,
+        request: ImageRequest,
+        *,
+        upstream_model: str,
+        on_partial: PartialSink | None = None,
+    ) -> AdapterResult:
+        """Produce up to `request.n` images; fewer is allowed (the caller bills what came).
+
+        `on_partial` is given when the client streams and asked for `request.partial_images`
+        previews; an adapter whose provider has none simply never calls it.
+        """
         ...
 
 

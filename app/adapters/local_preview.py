@@ -11,7 +11,9 @@ every image is a real PNG/JPEG/WebP of exactly the requested size, so the whole 
 
 The same inputs always give the same bytes; without a seed a random one is drawn, so two
 calls differ. For edits the first reference image, resized to the output size, replaces
-the gradient and is tinted with the image's colour. Rendering and encoding are CPU work and
+the gradient and is tinted with the image's colour. When streaming with `partial_images`,
+the first image is drawn early and sent as that many previews, blurred less each time (the
+provider's `latency_ms` is spread over them). Rendering and encoding are CPU work and
 run in worker threads (one per image, concurrently) so the event loop is never blocked.
 
 Provider options: `latency_ms` sleeps before rendering, to simulate a remote provider in
@@ -30,9 +32,15 @@ from typing import Final
 
 import anyio
 import anyio.to_thread
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from app.adapters.base import AdapterContext, AdapterResult, ImageRequest, UpstreamImage
+from app.adapters.base import (
+    AdapterContext,
+    AdapterResult,
+    ImageRequest,
+    PartialSink,
+    UpstreamImage,
+)
 from app.adapters.concurrency import settle, successes
 from app.catalog.schema import OutputFormat, ProviderConfig
 from app.errors import InvalidParameter, InvalidRequest
@@ -51,25 +59,43 @@ class LocalPreviewAdapter:
     def __init__(self, provider: ProviderConfig, context: AdapterContext) -> None:
         self._latency_s = float(provider.options.get("latency_ms", 0)) / 1000
 
-    async def generate(self, request: ImageRequest, *, upstream_model: str) -> AdapterResult:
+    async def generate(
+        self,
+        request: ImageRequest,
+        *,
+        upstream_model: str,
+        on_partial: PartialSink | None = None,
+    ) -> AdapterResult:
         width, height = requested_size(request)
         seed = request.seed if request.seed is not None else secrets.randbits(31)
-        if self._latency_s > 0:
-            await anyio.sleep(self._latency_s)
         background = request.images[0] if request.images else None
+
+        def draw_one(index: int) -> Image.Image:
+            return draw(
+                prompt=request.prompt,
+                seed=seed,
+                width=width,
+                height=height,
+                index=index,
+                n=request.n,
+                background=background,
+            )
+
+        partials = request.partial_images if on_partial is not None else 0
+        # The latency is spread over the previews, as a remote model's progress would be.
+        pause = self._latency_s / (partials + 1)
+        if partials and on_partial is not None:
+            first = await anyio.to_thread.run_sync(lambda: draw_one(0))
+            for stage in range(partials):
+                await anyio.sleep(pause)
+                fmt = request.output_format
+                await on_partial(await anyio.to_thread.run_sync(blurred, first, stage, fmt))
+        if pause > 0:
+            await anyio.sleep(pause)
 
         def render_one(index: int) -> Callable[[], Awaitable[bytes]]:
             return lambda: anyio.to_thread.run_sync(
-                lambda: render(
-                    prompt=request.prompt,
-                    seed=seed,
-                    width=width,
-                    height=height,
-                    index=index,
-                    n=request.n,
-                    fmt=request.output_format,
-                    background=background,
-                )
+                lambda: encode(draw_one(index), request.output_format)
             )
 
         images = successes(await settle([render_one(i) for i in range(request.n)]))
@@ -101,7 +127,7 @@ def _parse_wxh(size: str | None) -> tuple[int, int] | None:
     return None
 
 
-def render(
+def draw(
     *,
     prompt: str,
     seed: int,
@@ -109,20 +135,25 @@ def render(
     height: int,
     index: int,
     n: int,
-    fmt: OutputFormat,
     background: bytes | None = None,
-) -> bytes:
-    """One deterministic image, encoded. Blocking: call it from a worker thread."""
+) -> Image.Image:
+    """One deterministic image, not yet encoded. Blocking."""
     digest = hashlib.sha256(f"{seed}\x00{width}x{height}\x00{index}\x00{prompt}".encode()).digest()
     colours = [(digest[i], digest[i + 1], digest[i + 2]) for i in range(0, 21, 3)]
     if background is None:
         image = _gradient(colours[:4], width, height)
     else:
         image = _tinted(background, colours[0], width, height)
-    draw = ImageDraw.Draw(image)
-    _discs(draw, digest, colours[4:], width, height)
-    _caption(draw, prompt, f"image {index + 1}/{n} · seed {seed}", width, height)
-    return encode(image, fmt)
+    canvas = ImageDraw.Draw(image)
+    _discs(canvas, digest, colours[4:], width, height)
+    _caption(canvas, prompt, f"image {index + 1}/{n} · seed {seed}", width, height)
+    return image
+
+
+def blurred(image: Image.Image, stage: int, fmt: OutputFormat) -> bytes:
+    """Partial image `stage` (0-based) of `image`: blurred, less at each stage. Blocking."""
+    radius = max(1.0, min(image.size) / (8 * 2**stage))
+    return encode(image.filter(ImageFilter.GaussianBlur(radius)), fmt)
 
 
 def _gradient(corners: list[Colour], width: int, height: int) -> Image.Image:

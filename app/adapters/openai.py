@@ -43,6 +43,7 @@ from app.adapters.base import (
     AdapterContext,
     AdapterResult,
     ImageRequest,
+    PartialSink,
     TokenUsage,
     UpstreamImage,
 )
@@ -298,7 +299,16 @@ class OpenAIAdapter:
         self._timeout_s = provider.timeout_s
         self._fan_out = bool(provider.options.get("fan_out", False))
 
-    async def generate(self, request: ImageRequest, *, upstream_model: str) -> AdapterResult:
+    async def generate(
+        self,
+        request: ImageRequest,
+        *,
+        upstream_model: str,
+        on_partial: PartialSink | None = None,
+    ) -> AdapterResult:
+        # Partial images would need the upstream's own SSE stream; this adapter makes one
+        # plain call, so a streaming client gets the completed images only.
+        #
         # One deadline for the whole call (request, body, downloads): httpx's own timeout
         # is per read, so a server trickling bytes would otherwise never time out.
         try:

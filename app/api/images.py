@@ -1,4 +1,4 @@
-"""`POST /v1/images/generations`: thin HTTP shell around `ImageService`."""
+"""`POST /v1/images/generations` and `/edits`: thin HTTP shells around `ImageService`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from app.api.deps import CurrentKey, GatewayDep, read_body, request_ids
-from app.images.service import CallContext, ImageService
+from app.api.streaming import ImageEventResponse
+from app.images.service import CallContext, ImageService, Result
+from app.images.streaming import ImageEventStream
 
 router = APIRouter(prefix="/v1", tags=["images"])
 
@@ -25,5 +27,10 @@ async def create_generation(request: Request, gateway: GatewayDep, key: CurrentK
         idempotency_key=request.headers.get("idempotency-key") or None,
         path=request.url.path,
     )
-    outcome = await ImageService(gateway).generate(ctx, raw)
-    return Response(outcome.body, status_code=outcome.status_code, media_type="application/json")
+    return respond(await ImageService(gateway).generate(ctx, raw))
+
+
+def respond(result: Result) -> Response:
+    if isinstance(result, ImageEventStream):
+        return ImageEventResponse(result)
+    return Response(result.body, status_code=result.status_code, media_type=result.media_type)

@@ -190,6 +190,7 @@ class CompiledModel:
             user=user,
             images=tuple(images or ()),
             mask=mask,
+            partial_images=partial_images,
         )
         return ValidatedGeneration(request, response_format, stream, partial_images)
 

@@ -39,30 +39,56 @@ class FinishedImage:
         return f"{self.width}x{self.height}"
 
 
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What a settled request produced: its images, what it cost, the upstream's usage."""
+
+    images: list[FinishedImage]
+    cost_micros: int
+    usage: TokenUsage | None
+
+
 async def finish_images(
     result: AdapterResult, *, output_format: OutputFormat, max_pixels: int
 ) -> list[FinishedImage]:
     """Normalise the adapter's images; unusable ones are dropped (and not billed)."""
     finished: list[FinishedImage] = []
     for image in result.images:
-        fmt = codec.sniff_format(image.data)
-        if fmt is None:
-            logger.warning("upstream returned %d bytes that are not an image", len(image.data))
-            continue
-        try:
-            width, height = codec.image_size(image.data)
-            if width * height > max_pixels:
-                raise codec.ImageError(f"{width}x{height} exceeds the pixel limit")
-            data = image.data
-            if fmt != output_format:
-                data = await codec.transcode_async(data, output_format)
-        except (codec.ImageError, OSError, ValueError) as exc:
-            logger.warning("dropping an unusable upstream image: %s", exc)
-            continue
-        finished.append(FinishedImage(data, width, height, image.revised_prompt))
+        done = await finish_image(
+            image.data,
+            output_format=output_format,
+            max_pixels=max_pixels,
+            revised_prompt=image.revised_prompt,
+        )
+        if done is not None:
+            finished.append(done)
     if not finished:
         raise UpstreamError("The provider returned no usable image.")
     return finished
+
+
+async def finish_image(
+    data: bytes,
+    *,
+    output_format: OutputFormat,
+    max_pixels: int,
+    revised_prompt: str | None = None,
+) -> FinishedImage | None:
+    """One upstream image (or streamed partial image) normalised; None if it is unusable."""
+    fmt = codec.sniff_format(data)
+    if fmt is None:
+        logger.warning("upstream returned %d bytes that are not an image", len(data))
+        return None
+    try:
+        width, height = codec.image_size(data)
+        if width * height > max_pixels:
+            raise codec.ImageError(f"{width}x{height} exceeds the pixel limit")
+        if fmt != output_format:
+            data = await codec.transcode_async(data, output_format)
+    except (codec.ImageError, OSError, ValueError) as exc:
+        logger.warning("dropping an unusable upstream image: %s", exc)
+        return None
+    return FinishedImage(data, width, height, revised_prompt)
 
 
 def usage_block(cost_micros: int, usage: TokenUsage | None) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from app.adapters.base import AdapterResult, ImageAdapter, ImageRequest
+from app.adapters.base import AdapterResult, ImageAdapter, ImageRequest, PartialSink
 from app.catalog.schema import ProviderConfig, RouteConfig
 from app.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 
@@ -28,6 +28,7 @@ async def call_routes(
     adapters: dict[str, ImageAdapter],
     providers: dict[str, ProviderConfig],
     request: ImageRequest,
+    on_partial: PartialSink | None = None,
 ) -> AdapterResult:
     last_error: UpstreamError | None = None
     for route in routes:
@@ -36,7 +37,9 @@ async def call_routes(
         try:
             async with asyncio.timeout(provider.timeout_s):
                 result = await adapter.generate(
-                    request, upstream_model=route.upstream_model or model_id
+                    request,
+                    upstream_model=route.upstream_model or model_id,
+                    on_partial=on_partial,
                 )
         except TimeoutError as exc:
             last_error = UpstreamTimeout(

@@ -20,30 +20,43 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final, Literal
 
 import orjson
 
-from app.adapters.base import ImageRequest
+from app.adapters.base import ImageRequest, PartialSink
 from app.catalog.loader import Catalog
 from app.catalog.parameters import CompiledModel, ValidatedGeneration
 from app.errors import (
     GatewayError,
     InternalError,
-    InvalidParameter,
     InvalidRequest,
     MissingParameter,
     ModelNotFound,
     PermissionDenied,
 )
 from app.gateway import Gateway
-from app.images.results import finish_images, render_body
+from app.images.edits import RequestBody, check_images, edit_body_from_json, edit_fingerprint
+from app.images.results import Delivery, finish_image, finish_images, render_body
 from app.images.routing import call_routes
+from app.images.streaming import FinishedSink, ImageEventStream, StreamShape
 from app.keys.auth import AuthenticatedKey
 from app.ledger.idempotency import request_hash
+from app.ratelimit.base import Lease
 
 logger = logging.getLogger(__name__)
+
+
+Endpoint = Literal["generations", "edits"]
+#: the event family of each endpoint's streams (SPEC 1.4)
+STREAM_PREFIX: Final[dict[Endpoint, str]] = {
+    "generations": "image_generation",
+    "edits": "image_edit",
+}
+JSON: Final = "application/json"
+EVENT_STREAM: Final = "text/event-stream"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +66,7 @@ class CallContext:
     client_request_id: str | None
     idempotency_key: str | None
     path: str
-    endpoint: str = "generations"
+    endpoint: Endpoint = "generations"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +82,23 @@ class Job:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
+    """A complete response (also a stored Idempotency-Key replay)."""
+
     status_code: int
     body: bytes
+    media_type: str = JSON
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """An Idempotency-Key this request owns until it completes or abandons it."""
+
+    scope: str
+    key: str
+
+
+#: what a request turns into: a whole response, or events still to come
+Result = Outcome | ImageEventStream
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
@@ -85,7 +113,7 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def resolve_model(catalog: Catalog, body: dict[str, Any]) -> CompiledModel:
+def resolve_model(catalog: Catalog, body: Mapping[str, Any]) -> CompiledModel:
     model_id = body.get("model")
     if model_id is None or model_id == "":
         raise MissingParameter("You must provide a model parameter.", param="model")
@@ -114,63 +142,109 @@ class ImageService:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
 
-    async def generate(self, ctx: CallContext, raw_body: bytes) -> Outcome:
+    async def generate(self, ctx: CallContext, raw_body: bytes) -> Result:
+        """`POST /v1/images/generations`: a JSON body."""
+        return await self._handle(
+            ctx, lambda: RequestBody(parse_json_object(raw_body)), lambda _: raw_body
+        )
+
+    async def edit(self, ctx: CallContext, upload: RequestBody | bytes) -> Result:
+        """`POST /v1/images/edits`: a parsed multipart form, or a JSON body (bytes)."""
+
+        def parse() -> RequestBody:
+            if isinstance(upload, RequestBody):
+                return upload
+            return edit_body_from_json(parse_json_object(upload))
+
+        return await self._handle(ctx, parse, edit_fingerprint)
+
+    async def _handle(
+        self,
+        ctx: CallContext,
+        parse: Callable[[], RequestBody],
+        fingerprint: Callable[[RequestBody], bytes],
+    ) -> Result:
         started = time.perf_counter()
         model_id: str | None = None
         user: str | None = None
         try:
-            body = parse_json_object(raw_body)
-            model = resolve_model(self.gateway.catalog, body)
+            body = parse()
+            model = resolve_model(self.gateway.catalog, body.fields)
             model_id = model.id
             check_model_allowed(ctx.key, model)
-            validated = model.validate(body)
+            validated = model.validate(
+                body.fields, coerce_strings=body.from_form, images=body.images, mask=body.mask
+            )
             user = validated.user
-            if validated.stream:
-                # SSE (SPEC 1.4) is not built yet; a JSON answer would break the SDK's parser
-                raise InvalidParameter(
-                    "Streaming (stream: true) is not available on this gateway yet; "
-                    "omit it to receive the images in one JSON response.",
-                    param="stream",
-                )
+            if body.images is not None:
+                check_images(body, max_pixels=self.gateway.settings.max_image_pixels)
             price = model.price.quote(validated.request)
         except GatewayError as error:
             await self._log_unbilled(ctx, model_id, user, error, started)
             raise
-        return await self._admit_and_run(Job(ctx, model, validated, price, started), raw_body)
-
-    async def _admit_and_run(self, job: Job, raw_body: bytes) -> Outcome:
-        gw = self.gateway
-        ctx = job.ctx
-        scope = f"{ctx.endpoint}:{ctx.key.account_id}"
-        if ctx.idempotency_key is not None:
-            try:
-                stored = await gw.idempotency.begin(
-                    scope=scope,
-                    key=ctx.idempotency_key,
-                    request_hash=request_hash("POST", ctx.path, raw_body),
-                    ttl_s=gw.settings.idempotency_ttl_s,
-                )
-            except GatewayError as error:  # a bad key (400) or a 409: refused, unbilled
-                await self._log_unbilled(ctx, job.model.id, job.validated.user, error, job.started)
-                raise
-            if stored is not None:
-                return Outcome(stored.status_code, stored.body)
+        job = Job(ctx, model, validated, price, started)
+        claim = await self._claim(job, fingerprint(body))
+        if isinstance(claim, Outcome):
+            return claim
         try:
-            outcome = await self._charge_and_run(job)
+            lease = await self._admit(job)
         except BaseException:
-            if ctx.idempotency_key is not None:
-                await asyncio.shield(gw.idempotency.abandon(scope=scope, key=ctx.idempotency_key))
+            await asyncio.shield(self._release_claim(claim, None))
             raise
-        if ctx.idempotency_key is not None:
-            await gw.idempotency.complete(
-                scope=scope,
-                key=ctx.idempotency_key,
-                status_code=outcome.status_code,
-                body=outcome.body,
+        if validated.stream:
+            return ImageEventStream(
+                work=lambda on_partial: self._run_and_settle(job, on_partial),
+                shape=_stream_shape(ctx.endpoint, validated.request),
+                keepalive_s=self.gateway.settings.stream_keepalive_s,
+                close=lambda body: self._finish(lease, claim, body),
             )
+        try:
+            delivery = await self._run_and_settle(job)
+        except BaseException:
+            await asyncio.shield(self._finish(lease, claim, None))
+            raise
+        outcome = Outcome(200, self._render(job, delivery))
+        await self._finish(lease, claim, outcome.body)
         return outcome
 
-    async def _charge_and_run(self, job: Job) -> Outcome:
+    async def _claim(self, job: Job, fingerprint: bytes) -> Claim | Outcome | None:
+        """Own the Idempotency-Key (a `Claim`), or the stored response to replay, or None."""
+        gw, ctx = self.gateway, job.ctx
+        if ctx.idempotency_key is None:
+            return None
+        claim = Claim(scope=f"{ctx.endpoint}:{ctx.key.account_id}", key=ctx.idempotency_key)
+        try:
+            stored = await gw.idempotency.begin(
+                scope=claim.scope,
+                key=claim.key,
+                request_hash=request_hash("POST", ctx.path, fingerprint),
+                ttl_s=gw.settings.idempotency_ttl_s,
+            )
+        except GatewayError as error:  # a bad key (400) or a 409: refused, unbilled
+            await self._log_unbilled(ctx, job.model.id, job.validated.user, error, job.started)
+            raise
+        if stored is None:
+            return claim
+        # the fingerprint covers `stream`, so a stored stream is replayed to a stream request
+        media_type = EVENT_STREAM if job.validated.stream else JSON
+        return Outcome(stored.status_code, stored.body, media_type)
+
+    async def _release_claim(self, claim: Claim | None, body: bytes | None) -> None:
+        """Store the response under the key, or (no body: the request failed) free the key."""
+        if claim is None:
+            return
+        store = self.gateway.idempotency
+        if body is None:
+            await store.abandon(scope=claim.scope, key=claim.key)
+        else:
+            await store.complete(scope=claim.scope, key=claim.key, status_code=200, body=body)
+
+    async def _finish(self, lease: Lease, claim: Claim | None, body: bytes | None) -> None:
+        await asyncio.shield(lease.release())
+        await self._release_claim(claim, body)
+
+    async def _admit(self, job: Job) -> Lease:
+        """The rate-limit lease, then the ledger hold; refusals are logged unbilled."""
         gw = self.gateway
         ctx, model, validated = job.ctx, job.model, job.validated
         key = ctx.key
@@ -182,28 +256,39 @@ class ImageService:
             await self._log_unbilled(ctx, model.id, validated.user, error, job.started)
             raise
         try:
-            try:
-                await gw.ledger.hold(
-                    request_id=ctx.request_id,
-                    account_id=key.account_id,
-                    key_id=key.key_id,
-                    model=model.id,
-                    amount_micros=job.price,
-                    endpoint=ctx.endpoint,
-                    user=validated.user,
-                    client_request_id=ctx.client_request_id,
-                )
-            except GatewayError as error:
-                await self._log_unbilled(ctx, model.id, validated.user, error, job.started)
-                raise
-            return await self._run_and_settle(job)
-        finally:
+            await gw.ledger.hold(
+                request_id=ctx.request_id,
+                account_id=key.account_id,
+                key_id=key.key_id,
+                model=model.id,
+                amount_micros=job.price,
+                endpoint=ctx.endpoint,
+                user=validated.user,
+                client_request_id=ctx.client_request_id,
+            )
+        except BaseException as exc:
             await asyncio.shield(lease.release())
+            if isinstance(exc, GatewayError):
+                await self._log_unbilled(ctx, model.id, validated.user, exc, job.started)
+            raise
+        return lease
 
-    async def _run_and_settle(self, job: Job) -> Outcome:
+    async def _run_and_settle(self, job: Job, on_partial: FinishedSink | None = None) -> Delivery:
+        """Call the provider and settle the hold: the actual cost, or zero on any failure."""
         gw = self.gateway
-        ctx, model, validated = job.ctx, job.model, job.validated
-        request: ImageRequest = validated.request
+        ctx, model = job.ctx, job.model
+        request: ImageRequest = job.validated.request
+        max_pixels = gw.settings.max_image_pixels
+        adapter_sink: PartialSink | None = None
+        if on_partial is not None and request.partial_images > 0:
+
+            async def adapter_sink(data: bytes) -> None:
+                image = await finish_image(
+                    data, output_format=request.output_format, max_pixels=max_pixels
+                )
+                if image is not None:
+                    await on_partial(image)
+
         try:
             result = await call_routes(
                 model_id=model.id,
@@ -211,25 +296,16 @@ class ImageService:
                 adapters=gw.adapters,
                 providers=gw.catalog.providers,
                 request=request,
+                on_partial=adapter_sink,
             )
             images = await finish_images(
-                result,
-                output_format=request.output_format,
-                max_pixels=gw.settings.max_image_pixels,
+                result, output_format=request.output_format, max_pixels=max_pixels
             )
             images = images[: request.n]
             cost = model.price.settle(
                 request, [(image.width, image.height) for image in images], result.usage
             )
             cost = min(cost, job.price)
-            body = render_body(
-                model_id=model.id,
-                images=images,
-                response_format=validated.response_format,
-                output_format=request.output_format,
-                cost_micros=cost,
-                usage=result.usage,
-            )
         except BaseException as exc:
             error = exc if isinstance(exc, GatewayError) else InternalError("internal error")
             if not isinstance(exc, (GatewayError, asyncio.CancelledError)):
@@ -258,7 +334,18 @@ class ImageService:
                 latency_ms=_elapsed_ms(job.started),
             )
         )
-        return Outcome(200, body)
+        return Delivery(images, cost, result.usage)
+
+    @staticmethod
+    def _render(job: Job, delivery: Delivery) -> bytes:
+        return render_body(
+            model_id=job.model.id,
+            images=delivery.images,
+            response_format=job.validated.response_format,
+            output_format=job.validated.request.output_format,
+            cost_micros=delivery.cost_micros,
+            usage=delivery.usage,
+        )
 
     async def _log_unbilled(
         self,
@@ -287,3 +374,13 @@ class ImageService:
 
 def _elapsed_ms(started: float) -> int:
     return int((time.perf_counter() - started) * 1000)
+
+
+def _stream_shape(endpoint: Endpoint, request: ImageRequest) -> StreamShape:
+    background = request.params.get("background") or request.extra.get("background")
+    return StreamShape(
+        prefix=STREAM_PREFIX[endpoint],
+        quality=request.quality or "auto",
+        background=background if isinstance(background, str) else "auto",
+        output_format=request.output_format,
+    )

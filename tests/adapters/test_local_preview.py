@@ -139,3 +139,20 @@ async def test_registry_rejects_unknown_adapter_names(http: httpx.AsyncClient) -
     context = AdapterContext(http=http, max_download_bytes=1024)
     with pytest.raises(ValueError, match=r"unknown adapter 'nope'.*local-preview, openai"):
         build_adapter(ProviderConfig(adapter="nope"), context)
+
+
+async def test_partial_images_come_before_the_result(adapter: LocalPreviewAdapter) -> None:
+    partials: list[bytes] = []
+
+    async def collect(data: bytes) -> None:
+        partials.append(data)
+
+    request = make_request(partial_images=2, output_format="webp")
+    result = await adapter.generate(request, upstream_model="preview", on_partial=collect)
+
+    assert len(partials) == 2
+    assert all(image_size(p) == (320, 200) and sniff_format(p) == "webp" for p in partials)
+    assert len({*partials, result.images[0].data}) == 3  # each preview differs, and the result
+    # without a sink (a plain request) no preview is made
+    plain = await adapter.generate(request, upstream_model="preview")
+    assert plain.images[0].data == result.images[0].data

@@ -226,10 +226,3 @@ def test_request_id_is_echoed_or_generated(env: Env) -> None:
 def test_models_lookup_404(env: Env) -> None:
     with pytest.raises(openai.NotFoundError):
         env.client().models.retrieve("no-such-model")
-
-
-def test_streaming_is_refused_clearly_until_supported(env: Env) -> None:
-    with pytest.raises(openai.BadRequestError) as info:
-        env.client().images.generate(model="local-preview", prompt="x", stream=True)
-    assert info.value.code == "INVALID_PARAMETER"
-    assert info.value.param == "stream"

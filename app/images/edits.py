@@ -1,0 +1,115 @@
+"""What an edit brings beyond a generation: reference images (and a mask), checked once.
+
+Both spellings of `POST /v1/images/edits` end up as one `RequestBody`:
+- multipart (the SDKs): `app.api.multipart` reads the parts, size-limited, into the text fields
+  (strings, coerced later by the model's schema) and the raw bytes of `image` / `image[]`
+  (in order, both names mixed) and `mask`;
+- JSON: `{"images": [{"image_url": "data:image/png;base64,..."}], "mask": {"image_url": ...}}`
+  (`edit_body_from_json`). Only inline `data:` URIs: the gateway never fetches a URL a client
+  names (that would let callers make it request internal addresses).
+
+`check_images` then trusts nothing the client said about the files: the format comes from the
+magic bytes (PNG, JPEG or WebP, else 400 `INVALID_IMAGE`) and the pixel count from the header,
+refused above `max_image_pixels` before anything decodes it (decompression bombs).
+
+An Idempotency-Key's fingerprint (`edit_fingerprint`) is taken over the fields and the images'
+digests, not over the raw multipart body, whose boundary differs on every retry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from app.errors import InvalidParameter, InvalidRequest
+from app.images import codec
+from app.images.codec import ImageError
+
+
+@dataclass(frozen=True, slots=True)
+class RequestBody:
+    """A request's fields, plus an edit's reference images (None for a generation)."""
+
+    fields: Mapping[str, Any]
+    images: list[bytes] | None = None
+    mask: bytes | None = None
+    #: a multipart form: numbers and booleans arrive as strings
+    from_form: bool = False
+
+
+def invalid_image(message: str, param: str) -> InvalidRequest:
+    return InvalidRequest(message, code="INVALID_IMAGE", param=param)
+
+
+def edit_body_from_json(body: dict[str, Any]) -> RequestBody:
+    """A JSON edit body: `images` as `[{"image_url": "data:..."}]`, `mask` likewise."""
+    images = body.get("images")
+    if images is None:
+        return RequestBody(body, images=[], mask=_mask(body.get("mask")))
+    if not isinstance(images, list):
+        raise InvalidParameter(
+            'images must be a list of {"image_url": "data:image/...;base64,..."} objects',
+            param="images",
+        )
+    decoded = [_data_uri(item, f"images[{i}]") for i, item in enumerate(images)]
+    return RequestBody(body, images=decoded, mask=_mask(body.get("mask")))
+
+
+def _mask(value: Any) -> bytes | None:
+    return None if value is None else _data_uri(value, "mask")
+
+
+def _data_uri(item: Any, param: str) -> bytes:
+    uri = item.get("image_url") if isinstance(item, dict) else item
+    if isinstance(uri, dict):  # {"image_url": {"url": ...}}, the chat-completions spelling
+        uri = uri.get("url")
+    if not isinstance(uri, str):
+        raise InvalidParameter(
+            f'{param} must be {{"image_url": "data:image/...;base64,..."}}', param=param
+        )
+    if not uri.startswith("data:"):
+        raise invalid_image(
+            f"{param}: only inline data: URIs are accepted, not links to fetch", param
+        )
+    try:
+        return codec.decode_data_uri(uri)
+    except ImageError as exc:
+        raise invalid_image(f"{param}: {exc}", param) from exc
+
+
+def check_images(body: RequestBody, *, max_pixels: int) -> None:
+    """Every reference image and the mask must be a PNG, JPEG or WebP within `max_pixels`."""
+    named = [("image", data) for data in body.images or ()]
+    if body.mask is not None:
+        named.append(("mask", body.mask))
+    for index, (param, data) in enumerate(named):
+        what = "the mask" if param == "mask" else f"image {index + 1}"
+        if codec.sniff_format(data) is None:
+            raise invalid_image(f"{what} is not a PNG, JPEG or WebP image", param)
+        try:
+            width, height = codec.image_size(data)
+        except ImageError as exc:
+            raise invalid_image(f"{what} cannot be read: {exc}", param) from exc
+        if width * height > max_pixels:
+            raise invalid_image(
+                f"{what} is {width}x{height} pixels, over the limit of {max_pixels} pixels",
+                param,
+            )
+
+
+def edit_fingerprint(body: RequestBody) -> bytes:
+    """Stable bytes for the Idempotency-Key hash: fields plus the images' sha256."""
+    fields = {key: value for key, value in body.fields.items() if key not in ("images", "mask")}
+    return orjson.dumps(
+        {
+            "fields": fields,
+            "form": body.from_form,
+            "images": [hashlib.sha256(data).hexdigest() for data in body.images or ()],
+            "mask": None if body.mask is None else hashlib.sha256(body.mask).hexdigest(),
+        },
+        option=orjson.OPT_SORT_KEYS,
+    )
