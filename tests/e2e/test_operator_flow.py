@@ -14,6 +14,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -207,6 +208,17 @@ def test_operator_flow_through_the_admin_api(env: Env) -> None:
 
         usage = ok(admin.get("/usage", params={"account_id": account_id, "group_by": "model"}))
         check_usage(usage, story)
+        totals = (3, sum(call.images for call in story.calls), story.spent)
+        for group_by, group in [("key", key["id"]), ("day", datetime.now(UTC).date().isoformat())]:
+            grouped = ok(
+                admin.get("/usage", params={"account_id": account_id, "group_by": group_by})
+            )
+            assert [
+                (r["group"], r["requests"], r["images"], micros(r["cost"])) for r in grouped["data"]
+            ] == [(group, *totals)]
+        later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+        nothing = ok(admin.get("/usage", params={"account_id": account_id, "from": later}))
+        assert nothing["total"] == {"group": None, "requests": 0, "images": 0, "cost": 0}
         ledger = ok(admin.get(f"/accounts/{account_id}/ledger"))
         check_ledger(ledger, story, key_id=key["id"], topups=[5_000_000])
         log = ok(admin.get("/requests", params={"account_id": account_id}))
@@ -226,6 +238,14 @@ def test_operator_flow_through_the_admin_api(env: Env) -> None:
         assert rotated["id"] == other["id"] and rotated["key"] != other["key"]
         expect_refused(generate(env, other["key"]), openai.AuthenticationError, "INVALID_API_KEY")
         generate(env, rotated["key"])()
+
+        # delete: gone at once; the ledger still names the key its charges came from
+        deleted = ok(admin.delete(f"/keys/{other['id']}"))
+        assert (deleted["id"], deleted["deleted"]) == (other["id"], True)
+        expect_refused(generate(env, rotated["key"]), openai.AuthenticationError, "INVALID_API_KEY")
+        assert admin.get(f"/keys/{other['id']}").status_code == 404
+        ledger = ok(admin.get(f"/accounts/{account_id}/ledger", params={"limit": 2}))
+        assert [(r["kind"], r["key_id"]) for r in ledger["data"]] == [("charge", other["id"])] * 2
 
     assert books(env, account_id) == 5_000_000 - story.spent - 2 * 1_000
 
