@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     max_download_bytes: int = Field(
         default=50 * 1024 * 1024, validation_alias="GATEWAY_MAX_DOWNLOAD_BYTES"
     )
+    #: per reference image of an edit (multipart part or decoded data: URI)
+    max_image_bytes: int = Field(
+        default=20 * 1024 * 1024, validation_alias="GATEWAY_MAX_IMAGE_BYTES"
+    )
+    #: decoded size of any image, the client's or the provider's (decompression bombs)
     max_image_pixels: int = Field(default=100_000_000, validation_alias="GATEWAY_MAX_IMAGE_PIXELS")
 
     # Upstream HTTP

@@ -6,9 +6,12 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from app.api.deps import CurrentKey, GatewayDep, read_body, request_ids
+from app.api.multipart import read_edit_form
 from app.api.streaming import ImageEventResponse
-from app.images.service import CallContext, ImageService, Result
+from app.images.edits import RequestBody
+from app.images.service import CallContext, Endpoint, ImageService, Result
 from app.images.streaming import ImageEventStream
+from app.keys.auth import AuthenticatedKey
 
 router = APIRouter(prefix="/v1", tags=["images"])
 
@@ -19,15 +22,37 @@ MAX_JSON_BODY_BYTES = 2 * 1024 * 1024
 @router.post("/images/generations")
 async def create_generation(request: Request, gateway: GatewayDep, key: CurrentKey) -> Response:
     raw = await read_body(request, min(MAX_JSON_BODY_BYTES, gateway.settings.max_request_bytes))
+    ctx = call_context(request, key, "generations")
+    return respond(await ImageService(gateway).generate(ctx, raw))
+
+
+@router.post("/images/edits")
+async def create_edit(request: Request, gateway: GatewayDep, key: CurrentKey) -> Response:
+    """Multipart as the SDKs send it, or a JSON body with `images: [{"image_url": ...}]`."""
+    settings = gateway.settings
+    upload: RequestBody | bytes
+    if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+        upload = await read_edit_form(
+            request,
+            max_request_bytes=settings.max_request_bytes,
+            max_image_bytes=settings.max_image_bytes,
+        )
+    else:
+        upload = await read_body(request, settings.max_request_bytes)
+    ctx = call_context(request, key, "edits")
+    return respond(await ImageService(gateway).edit(ctx, upload))
+
+
+def call_context(request: Request, key: AuthenticatedKey, endpoint: Endpoint) -> CallContext:
     request_id, client_request_id = request_ids(request)
-    ctx = CallContext(
+    return CallContext(
         key=key,
         request_id=request_id,
         client_request_id=client_request_id,
         idempotency_key=request.headers.get("idempotency-key") or None,
         path=request.url.path,
+        endpoint=endpoint,
     )
-    return respond(await ImageService(gateway).generate(ctx, raw))
 
 
 def respond(result: Result) -> Response:

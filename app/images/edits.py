@@ -8,9 +8,11 @@ Both spellings of `POST /v1/images/edits` end up as one `RequestBody`:
   (`edit_body_from_json`). Only inline `data:` URIs: the gateway never fetches a URL a client
   names (that would let callers make it request internal addresses).
 
-`check_images` then trusts nothing the client said about the files: the format comes from the
-magic bytes (PNG, JPEG or WebP, else 400 `INVALID_IMAGE`) and the pixel count from the header,
-refused above `max_image_pixels` before anything decodes it (decompression bombs).
+`check_images` then trusts nothing the client said about the files: each is at most
+`max_image_bytes` (413 `PAYLOAD_TOO_LARGE`; the multipart reader already refused bigger parts
+mid-stream), its format comes from the magic bytes (PNG, JPEG or WebP, else 400
+`INVALID_IMAGE`) and its pixel count from the header, refused above `max_image_pixels` before
+anything decodes it (400 `INVALID_IMAGE`: decompression bombs).
 
 An Idempotency-Key's fingerprint (`edit_fingerprint`) is taken over the fields and the images'
 digests, not over the raw multipart body, whose boundary differs on every retry.
@@ -25,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from app.errors import InvalidParameter, InvalidRequest
+from app.errors import InvalidParameter, InvalidRequest, PayloadTooLarge
 from app.images import codec
 from app.images.codec import ImageError
 
@@ -81,13 +83,18 @@ def _data_uri(item: Any, param: str) -> bytes:
         raise invalid_image(f"{param}: {exc}", param) from exc
 
 
-def check_images(body: RequestBody, *, max_pixels: int) -> None:
-    """Every reference image and the mask must be a PNG, JPEG or WebP within `max_pixels`."""
+def check_images(body: RequestBody, *, max_bytes: int, max_pixels: int) -> None:
+    """Every reference image and the mask must be a PNG, JPEG or WebP of at most `max_bytes`
+    (413 beyond) and `max_pixels` (400)."""
     named = [("image", data) for data in body.images or ()]
     if body.mask is not None:
         named.append(("mask", body.mask))
     for index, (param, data) in enumerate(named):
         what = "the mask" if param == "mask" else f"image {index + 1}"
+        if len(data) > max_bytes:
+            raise PayloadTooLarge(
+                f"{what} is {len(data)} bytes, over the limit of {max_bytes} bytes", param=param
+            )
         if codec.sniff_format(data) is None:
             raise invalid_image(f"{what} is not a PNG, JPEG or WebP image", param)
         try:

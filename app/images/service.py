@@ -177,7 +177,12 @@ class ImageService:
             )
             user = validated.user
             if body.images is not None:
-                check_images(body, max_pixels=self.gateway.settings.max_image_pixels)
+                settings = self.gateway.settings
+                check_images(
+                    body,
+                    max_bytes=settings.max_image_bytes,
+                    max_pixels=settings.max_image_pixels,
+                )
             price = model.price.quote(validated.request)
         except GatewayError as error:
             await self._log_unbilled(ctx, model_id, user, error, started)

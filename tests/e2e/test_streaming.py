@@ -4,19 +4,16 @@ identical to the non-streaming call (the books are checked after every test)."""
 
 from __future__ import annotations
 
-import base64
-import io
 import time
 from typing import Any
 
 import httpx
 import openai
 import pytest
-from PIL import Image
 
 from tests.e2e.conftest import Env
+from tests.e2e.helpers import PREVIEW_PARTIALS_MODEL, balance, decode
 from tests.support import factories
-from tests.support.books import assert_books_balance
 
 SLOW_AND_PARTIAL = pytest.mark.gateway(
     settings={"stream_keepalive_s": 0.1},
@@ -25,35 +22,14 @@ SLOW_AND_PARTIAL = pytest.mark.gateway(
     adapter: local-preview
     options: {latency_ms: 600}
 """,
-    models="""
-  preview-partials:
-    routes: [{provider: local}]
-    max_n: 2
-    partial_images: true
-    output_formats: [png, webp]
-    parameters:
-      width:  {type: integer, min: 64, max: 1024, default: 256}
-      height: {type: integer, min: 64, max: 1024, default: 256}
-    edit: {supported: true, max_reference_images: 2}
-    pricing:
-      per_image: 0.002
+    models=PREVIEW_PARTIALS_MODEL
+    + """
   slow-preview:
     routes: [{provider: slowlocal}]
     pricing:
       per_image: 0.001
 """,
 )
-
-
-def balance(env: Env) -> int:
-    async def read(engine):  # type: ignore[no-untyped-def]
-        return await assert_books_balance(engine, env.account_id)
-
-    return env.run(read)
-
-
-def decode(b64: str) -> Image.Image:
-    return Image.open(io.BytesIO(base64.b64decode(b64)))
 
 
 def test_stream_completed_events_and_usage(env: Env) -> None:

@@ -1,0 +1,70 @@
+"""Edit bodies: JSON data URIs, image checks, and the Idempotency-Key fingerprint."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import pytest
+from PIL import Image
+
+from app.errors import GatewayError, InvalidRequest, PayloadTooLarge
+from app.images.edits import RequestBody, check_images, edit_body_from_json, edit_fingerprint
+
+
+def png(size: tuple[int, int] = (8, 8)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+def test_json_body_accepts_the_image_url_spellings() -> None:
+    data = png()
+    body = edit_body_from_json(
+        {
+            "prompt": "x",
+            "images": [{"image_url": uri(data)}, {"image_url": {"url": uri(data)}}, uri(data)],
+            "mask": {"image_url": uri(data)},
+        }
+    )
+    assert body.images == [data, data, data]
+    assert body.mask == data
+    assert not body.from_form
+
+
+@pytest.mark.parametrize(
+    ("images", "code", "param"),
+    [
+        ("data:...", "INVALID_PARAMETER", "images"),
+        ([{"image_url": 3}], "INVALID_PARAMETER", "images[0]"),
+        ([{"image_url": "https://example.com/a.png"}], "INVALID_IMAGE", "images[0]"),
+        ([{"image_url": "data:image/png;base64,@@@"}], "INVALID_IMAGE", "images[0]"),
+    ],
+)
+def test_json_body_refusals(images: object, code: str, param: str) -> None:
+    with pytest.raises(GatewayError) as info:
+        edit_body_from_json({"prompt": "x", "images": images})
+    assert (info.value.code, info.value.param) == (code, param)
+
+
+def test_check_images_limits() -> None:
+    check_images(RequestBody({}, images=[png()]), max_bytes=10_000, max_pixels=100)
+    with pytest.raises(PayloadTooLarge):
+        check_images(RequestBody({}, images=[png()]), max_bytes=10, max_pixels=100)
+    with pytest.raises(InvalidRequest, match="9x9 pixels"):
+        check_images(RequestBody({}, images=[png((9, 9))]), max_bytes=10_000, max_pixels=80)
+    with pytest.raises(InvalidRequest, match="cannot be read") as info:
+        check_images(RequestBody({}, mask=b"\x89PNG\r\n\x1a\n"), max_bytes=10_000, max_pixels=80)
+    assert info.value.param == "mask"
+
+
+def test_fingerprint_ignores_how_the_bytes_travelled() -> None:
+    data = png()
+    form = RequestBody({"prompt": "x", "n": "2"}, images=[data], from_form=True)
+    same = RequestBody({"n": "2", "prompt": "x"}, images=[bytes(data)], from_form=True)
+    other = RequestBody({"prompt": "x", "n": "2"}, images=[png((9, 9))], from_form=True)
+    assert edit_fingerprint(form) == edit_fingerprint(same) != edit_fingerprint(other)
