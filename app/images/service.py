@@ -1,9 +1,15 @@
 """The life of one image request: validate, admit, charge, call, settle, answer.
 
     parse body ─▶ model lookup ─▶ schema validation ─▶ price quote          (no I/O)
+        (edits: + reference images sniffed and pixel-checked, `app.images.edits`)
         ─▶ Idempotency-Key claim ─▶ rate-limit lease ─▶ ledger hold          (admission)
         ─▶ provider routes ─▶ normalise images ─▶ actual cost ─▶ settle      (the work)
         ─▶ response bytes (stored for idempotent replays)
+
+Generations and edits share this one flow (`_handle`); they differ only in how the body is
+parsed and fingerprinted for the Idempotency-Key. With `stream: true` everything up to the
+hold still happens here, so refusals stay plain JSON errors; the work then runs inside an
+`ImageEventStream` (`app.images.streaming`), which calls the same `_run_and_settle`.
 
 Money rules (SPEC 4): the quote is taken from the balance atomically before the provider is
 called (`Ledger.hold`, which also re-checks the key and the account in the same statement);

@@ -1,5 +1,6 @@
 """The official openai **Node** SDK against a live gateway: models.list, images.generate,
-and an error surfacing as the SDK's `BadRequestError` with our `code` and `param`.
+images.edit with two files, a streamed generation, and an error surfacing as the SDK's
+`BadRequestError` with our `code` and `param`.
 
 `scripts/test` installs the pinned SDK (`tests/node/package-lock.json`) with `npm ci`. Without
 Node the test is skipped locally and fails under CI=true: never silently skipped in CI.
@@ -47,6 +48,9 @@ def test_node_sdk_generates_lists_and_raises(env: Env) -> None:
     assert seen["size"] == "320x200"
     assert seen["jpeg"] is True
     assert seen["cost"] == 0.001
+    assert seen["editSize"] == "128x96"
+    assert seen["streamTypes"] == ["image_generation.completed"] * 2
+    assert seen["streamCost"] == 0.002
     assert seen["error"] == {
         "status": 400,
         "code": "MODEL_NOT_FOUND",
