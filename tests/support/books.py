@@ -14,21 +14,23 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 async def assert_books_balance(engine: AsyncEngine, account_id: str) -> int:
     """Assert the account's books are exact; returns the balance."""
+    # ONE statement, so balance and rows come from one snapshot: two SELECTs could straddle a
+    # concurrent refund (read committed on Postgres, no read transaction on pysqlite) and
+    # report a mismatch that never existed.
     async with engine.connect() as connection:
-        balance = (
-            await connection.execute(
-                text("SELECT balance_micros FROM accounts WHERE id = :id"), {"id": account_id}
-            )
-        ).scalar_one()
-        rows = (
+        result = (
             await connection.execute(
                 text(
-                    "SELECT id, amount_micros, balance_after_micros FROM ledger_entries "
-                    "WHERE account_id = :id ORDER BY id"
+                    "SELECT a.balance_micros, e.id, e.amount_micros, e.balance_after_micros "
+                    "FROM accounts a LEFT JOIN ledger_entries e ON e.account_id = a.id "
+                    "WHERE a.id = :id ORDER BY e.id"
                 ),
                 {"id": account_id},
             )
         ).all()
+    assert result, f"no account {account_id}"
+    balance = result[0][0]
+    rows = [row[1:] for row in result if row[1] is not None]
     running = 0
     for row_id, amount, balance_after in rows:
         running += amount
