@@ -4,6 +4,7 @@ on SQLite and on Postgres, driven by the official `openai` SDK."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,4 +212,9 @@ def env(
     ) as gateway:
         env.gateway = gateway
         yield env
+        # Both servers take ~0.15 s to stop (uvicorn's 0.1 s ticks): stop them side by side.
+        # Anything still in flight to the upstream fails and is refunded, as in production.
+        upstream_stopping = threading.Thread(target=upstream.stop)
+        upstream_stopping.start()
+    upstream_stopping.join()
     env.run(assert_all_books_closed)
