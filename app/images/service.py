@@ -276,6 +276,7 @@ class ImageService:
                 endpoint=ctx.endpoint,
                 user=validated.user,
                 client_request_id=ctx.client_request_id,
+                key_hash=key.key_hash,
             )
         except BaseException as exc:
             await asyncio.shield(lease.release())

@@ -39,6 +39,7 @@ WITH usable_key AS (
     SELECT 1 FROM api_keys
     WHERE id = :key_id AND account_id = :account_id AND revoked_at IS NULL
       AND (expires_at IS NULL OR expires_at > now())
+      AND (CAST(:key_hash AS TEXT) IS NULL OR key_hash = CAST(:key_hash AS TEXT))
 ),
 debited AS (
     UPDATE accounts SET balance_micros = balance_micros - CAST(:amount AS BIGINT)

@@ -34,6 +34,10 @@ def hold_refusal(facts: HoldFacts, hold: HoldRequest) -> GatewayError | None:
     account_id, amount_micros = hold.account_id, hold.amount_micros
     if not facts.key_exists or facts.key_account_id != account_id:
         return AuthenticationError("Incorrect API key provided.", code="INVALID_API_KEY")
+    if hold.key_hash is not None and facts.key_hash != hold.key_hash:
+        return AuthenticationError(
+            "This API key's secret was rotated; use the new secret.", code="INVALID_API_KEY"
+        )
     if facts.key_revoked:
         return PermissionDenied("This API key has been revoked.", code="KEY_REVOKED")
     if facts.key_expired:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Row, case, exists, func, insert, or_, select, update
+from sqlalchemy import Row, case, exists, func, insert, or_, select, true, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -75,6 +75,9 @@ class HoldRequest:
     endpoint: str = "generations"
     user: str | None = None
     client_request_id: str | None = None
+    #: the SHA-256 the caller authenticated with: a rotated secret is refused here at once,
+    #: on every process, whatever a key cache still holds
+    key_hash: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +86,7 @@ class HoldFacts:
 
     key_exists: bool
     key_account_id: str | None
+    key_hash: str | None
     key_revoked: bool
     key_expired: bool  # by the database clock on Postgres, like the hold itself
     account_status: str | None  # None: no such account
@@ -207,6 +211,7 @@ class LedgerRepository:
                 "endpoint": hold.endpoint,
                 "user": hold.user,
                 "client_request_id": hold.client_request_id,
+                "key_hash": hold.key_hash,
             }
             row = (await self._conn.execute(postgres_sql.HOLD, params)).first()
             return int(row.balance_micros) if row else None
@@ -216,6 +221,7 @@ class LedgerRepository:
             ApiKey.account_id == hold.account_id,
             ApiKey.revoked_at.is_(None),
             or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now),
+            true() if hold.key_hash is None else ApiKey.key_hash == hold.key_hash,
         )
         balance = await self._move_balance(
             hold.account_id,
@@ -267,6 +273,7 @@ class LedgerRepository:
             await self._conn.execute(
                 select(
                     ApiKey.account_id,
+                    ApiKey.key_hash,
                     ApiKey.revoked_at,
                     (ApiKey.expires_at <= self._now()).label("expired"),
                 ).where(ApiKey.id == key_id)
@@ -276,6 +283,7 @@ class LedgerRepository:
         return HoldFacts(
             key_exists=key is not None,
             key_account_id=key.account_id if key else None,
+            key_hash=key.key_hash if key else None,
             key_revoked=bool(key and key.revoked_at is not None),
             key_expired=bool(key and key.expired),
             account_status=account.status if account else None,

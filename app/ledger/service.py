@@ -234,6 +234,7 @@ class Ledger:
         endpoint: str = "generations",
         user: str | None = None,
         client_request_id: str | None = None,
+        key_hash: str | None = None,
     ) -> int:
         """Take a request's price from the balance before the upstream call; the balance after.
 
@@ -253,6 +254,7 @@ class Ledger:
             endpoint=endpoint,
             user=user,
             client_request_id=client_request_id,
+            key_hash=key_hash,
         )
         try:
             async with self._atomic() as repo:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -246,6 +247,28 @@ async def test_revoked_key_is_refused(engine: AsyncEngine, ledger: Ledger) -> No
         )
     assert caught.value.code == "KEY_REVOKED" and caught.value.status == 403
     assert await assert_books_balance(engine, account) == 1_000_000
+
+
+async def test_rotated_secret_is_refused_at_once(engine: AsyncEngine, ledger: Ledger) -> None:
+    """A process may still cache the old secret; the hold matches the key's current hash."""
+    account = await make_account(engine, 1_000_000)
+    key, secret = await make_key(engine, account)
+    current = hashlib.sha256(secret.encode()).hexdigest()
+    await ledger.hold(
+        request_id=rid(), account_id=account, key_id=key, model="m", amount_micros=1,
+        key_hash=current,
+    )  # fmt: skip
+    async with engine.begin() as connection:
+        await connection.execute(
+            text("UPDATE api_keys SET key_hash = :h WHERE id = :id"), {"h": "0" * 64, "id": key}
+        )
+    with pytest.raises(AuthenticationError) as caught:
+        await ledger.hold(
+            request_id=rid(), account_id=account, key_id=key, model="m", amount_micros=1,
+            key_hash=current,
+        )  # fmt: skip
+    assert caught.value.code == "INVALID_API_KEY" and "rotated" in caught.value.message
+    assert await assert_books_balance(engine, account) == 1_000_000 - 1
 
 
 async def test_expired_key_is_refused(engine: AsyncEngine, ledger: Ledger) -> None:
