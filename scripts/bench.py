@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import httpx
+from httpx_aiohttp import AiohttpTransport
 
 ROOT = Path(__file__).resolve().parents[1]
 PEER = ROOT.parent / "shared" / "peers" / "litellm-proxy"
@@ -59,7 +60,10 @@ async def load(url: str, key: str, total: int, concurrency: int) -> dict[str, fl
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     latencies: list[float] = []
     errors = 0
-    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+    # the load generator must cost as little CPU as possible: this 2-core box also runs the
+    # mock, the gateway under test and Postgres (httpcore's pool would eat a core at c=64)
+    transport = AiohttpTransport(limits=limits)
+    async with httpx.AsyncClient(transport=transport, timeout=60) as client:
         headers = {"Authorization": f"Bearer {key}"}
         for _ in range(min(50, total)):  # warm-up: connections, caches, JIT-less but lazy paths
             await client.post(url, json=BODY, headers=headers)
