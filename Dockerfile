@@ -3,8 +3,8 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /srv/image-gateway
 
-COPY requirements.lock pyproject.toml README.md ./
-RUN pip install --no-cache-dir -r requirements.lock
+COPY requirements-runtime.lock pyproject.toml README.md ./
+RUN pip install --no-cache-dir -r requirements-runtime.lock
 COPY app ./app
 COPY migrations ./migrations
 COPY config ./config
