@@ -32,6 +32,10 @@ OpenAPI-generated client aj-foster/open-api-generator `stability-ai/generate.ex`
 - Edits: with a mask, `edit/inpaint` (image + mask); without, image-to-image on the model's
   own endpoint (`image` + `strength`, `mode=image-to-image` for SD3; `strength` from the
   declared parameter or `extra`, default 0.5). Core has no image-to-image: InvalidParameter.
+- Masks mean the opposite things: OpenAI's edits edit where the mask is transparent, Stability
+  inpaints where it is white (black = keep, grey = partial strength). A mask with an alpha
+  channel is therefore turned into Stability's grayscale (255 - alpha) once per request, in a
+  worker thread; a mask without alpha is taken as Stability-style already and sent as is.
 - Other declared params (`negative_prompt`, `style_preset`...) and the client's undeclared
   fields (`extra`) are forwarded as form fields, under the fields this adapter owns.
 - Moderation comes two ways: a refused request (HTTP 403, `name: content_moderation`) and a
@@ -42,14 +46,16 @@ OpenAPI-generated client aj-foster/open-api-generator `stability-ai/generate.ex`
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
-import anyio
+import anyio.to_thread
 import httpx
 import orjson
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from app.adapters.base import (
@@ -70,7 +76,7 @@ from app.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from app.images.codec import ImageError, decode_b64, sniff_format
+from app.images.codec import ImageError, decode_b64, encode, sniff_format
 
 DEFAULT_BASE_URL: Final = "https://api.stability.ai"
 ASPECT_RATIOS: Final = ("1:1", "16:9", "21:9", "2:3", "3:2", "4:5", "5:4", "9:16", "9:21")
@@ -184,6 +190,18 @@ def _strength(request: ImageRequest) -> float:
     if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1:
         return float(value)
     return DEFAULT_STRENGTH
+
+
+def stability_mask(mask: bytes) -> bytes:
+    """An OpenAI-style mask (transparent = edit) as Stability's (white = edit, black = keep)."""
+    try:
+        with Image.open(io.BytesIO(mask)) as image:
+            if image.mode not in ("RGBA", "LA", "PA") and "transparency" not in image.info:
+                return mask
+            alpha = image.convert("RGBA").getchannel("A")
+    except (OSError, ValueError) as exc:  # Pillow's "cannot identify" is an OSError
+        raise InvalidParameter("the mask is not a readable image", param="mask") from exc
+    return encode(alpha.point(lambda a: 255 - a), "png")
 
 
 def _auth_headers(provider: ProviderConfig) -> dict[str, str]:
@@ -305,6 +323,9 @@ class StabilityAdapter:
             seed = None if request.seed is None else (request.seed + index) % (MAX_SEED + 1)
             return lambda: self._call(request, upstream_model, seed=seed)
 
+        if request.images and request.mask is not None:
+            mask = request.mask
+            request = replace(request, mask=await anyio.to_thread.run_sync(stability_mask, mask))
         try:
             with anyio.fail_after(self._timeout_s):
                 outcomes = await settle([one(i) for i in range(request.n)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -9,6 +10,7 @@ from dataclasses import replace
 import httpx
 import orjson
 import pytest
+from PIL import Image
 
 from app.adapters.base import AdapterContext, ImageRequest
 from app.adapters.stability import (
@@ -17,6 +19,7 @@ from app.adapters.stability import (
     build_call,
     map_error,
     parse_response,
+    stability_mask,
 )
 from app.catalog.schema import ProviderConfig
 from app.errors import (
@@ -34,6 +37,17 @@ from tests.mocks.stability_upstream import MockStabilityUpstream
 
 PNG = _render(96, 64, "png", "source")[0]
 MASK = _render(96, 64, "png", "mask")[0]
+
+
+def openai_mask() -> bytes:
+    """OpenAI's convention: opaque where to keep, fully transparent where to edit."""
+    image = Image.new("RGBA", (96, 64), (10, 200, 30, 255))
+    image.paste((0, 0, 0, 0), (0, 0, 48, 32))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 PROVIDER = ProviderConfig(adapter="stability", api_key=UPSTREAM_KEY)
 
 
@@ -169,6 +183,21 @@ def test_inpaint_with_mask() -> None:
         "prompt": "a lighthouse on a cliff",
         "output_format": "png",
     }
+
+
+def test_openai_mask_becomes_white_where_transparent() -> None:
+    converted = Image.open(io.BytesIO(stability_mask(openai_mask())))
+
+    assert converted.mode == "L" and converted.size == (96, 64)
+    assert converted.getpixel((10, 10)) == 255  # transparent: inpaint
+    assert converted.getpixel((80, 50)) == 0  # opaque: keep
+    assert stability_mask(MASK) is MASK  # no alpha: already Stability-style
+
+
+def test_unreadable_mask() -> None:
+    with pytest.raises(InvalidParameter) as caught:
+        stability_mask(b"not an image")
+    assert caught.value.param == "mask"
 
 
 def test_core_cannot_edit_without_a_mask() -> None:
@@ -345,14 +374,16 @@ async def test_image_to_image_keeps_the_input_size(
 
 @pytest.mark.anyio
 async def test_inpaint(stability: MockStabilityUpstream, context: AdapterContext) -> None:
-    request = make_request(images=(PNG,), mask=MASK)
+    request = make_request(images=(PNG,), mask=openai_mask(), n=2)
 
     result = await make_adapter(stability, context).generate(request, upstream_model="ultra")
 
-    assert image_size(result.images[0].data) == (96, 64)
-    [sent] = stability.requests
+    assert [image_size(i.data) for i in result.images] == [(96, 64), (96, 64)]
+    sent = stability.requests[0]
     assert sent.path == "/v2beta/stable-image/edit/inpaint"
-    assert sent.files == {"image": [PNG], "mask": [MASK]}
+    assert sent.files["image"] == [PNG]
+    [mask] = sent.files["mask"]
+    assert Image.open(io.BytesIO(mask)).mode == "L"  # Stability's grayscale convention
 
 
 @pytest.mark.anyio
