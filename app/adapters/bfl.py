@@ -30,6 +30,9 @@ black-forest-labs/skills `skills/bfl-api` references and black-forest-labs/flux
 - The key is sent to the submit endpoint and to a `polling_url` on the base URL's host or on
   `*.bfl.ai` (regional hosts); any other polling host is replaced by `{base_url}/v1/get_result`.
   The result `sample` is downloaded without it.
+- Polling: `options.poll_interval_s` (0.5 s, growing to `poll_max_interval_s`, 4 s). A job is
+  paid for once submitted, so up to `options.poll_error_budget` (3) poll failures in a row
+  (5xx, 429, transport) are ridden out. One deadline, `timeout_s`, bounds the whole call.
 """
 
 from __future__ import annotations
@@ -132,8 +135,10 @@ def sizing_fields(
     params = request.params
     aspect = options.get("sizing", "pixel" if _is_pixel(upstream_model) else "aspect") == "aspect"
     if aspect:
-        if params.get("aspect_ratio") is not None:
-            return {"aspect_ratio": params["aspect_ratio"]}
+        ratio = params.get("aspect_ratio")
+        if ratio is not None:
+            # `auto` / `match_input_image` are BFL's default (Kontext: the input's ratio).
+            return {"aspect_ratio": ratio} if ":" in str(ratio) else {}
         dims = _dims(params, request.size)
         return {} if dims is None else {"aspect_ratio": _ratio(*dims)}
     dims = _dims(params, request.size)
@@ -328,10 +333,9 @@ def _validation_item(item: Any) -> str:
 
 def _body_retry_after(body: bytes) -> float | None:
     try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError:
+        value = orjson.loads(body).get("retry_after")
+    except (orjson.JSONDecodeError, AttributeError):
         return None
-    value = payload.get("retry_after") if isinstance(payload, dict) else None
     return float(value) if isinstance(value, int | float) and value >= 0 else None
 
 
@@ -346,6 +350,7 @@ class BflAdapter:
         self._timeout_s = provider.timeout_s
         self._interval_s = float(provider.options.get("poll_interval_s", 0.5))
         self._max_interval_s = float(provider.options.get("poll_max_interval_s", 4.0))
+        self._poll_error_budget = int(provider.options.get("poll_error_budget", 3))
 
     async def generate(
         self,
@@ -381,7 +386,7 @@ class BflAdapter:
                 raise self._error(status, headers, body)
             polling_url = parse_submit(body, base_url=self._base_url)
             sample = await poll(
-                lambda: self._check(polling_url, call.headers),
+                self._checker(polling_url, call.headers),
                 interval_s=self._interval_s,
                 max_interval_s=self._max_interval_s,
             )
@@ -395,11 +400,31 @@ class BflAdapter:
 
         return run
 
-    async def _check(self, polling_url: str, headers: dict[str, str]) -> str | None:
-        status, response_headers, body = await self._send("GET", polling_url, headers, None)
-        if not 200 <= status < 300:
+    def _checker(
+        self, polling_url: str, headers: dict[str, str]
+    ) -> Callable[[], Awaitable[str | None]]:
+        misses = 0
+
+        async def check() -> str | None:
+            # The job is already paid for at BFL: a passing poll failure (5xx, 429, reset,
+            # slow answer) is retried on the next round, up to `poll_error_budget` in a row.
+            nonlocal misses
+            try:
+                status, response_headers, body = await self._send("GET", polling_url, headers, None)
+            except (UpstreamUnavailable, UpstreamTimeout):
+                misses += 1
+                if misses > self._poll_error_budget:
+                    raise
+                return None
+            if 200 <= status < 300:
+                misses = 0
+                return parse_poll(body, api_key=self._provider.api_key)
+            misses += 1
+            if (status >= 500 or status == 429) and misses <= self._poll_error_budget:
+                return None
             raise self._error(status, response_headers, body)
-        return parse_poll(body, api_key=self._provider.api_key)
+
+        return check
 
     async def _send(
         self, method: str, url: str, headers: dict[str, str], json: dict[str, Any] | None

@@ -83,6 +83,9 @@ def test_aspect_endpoints_get_aspect_ratio() -> None:
         call = build_submit(request, upstream_model="flux-pro-1.1-ultra", provider=provider())
         assert call.json["aspect_ratio"] == expected
         assert "width" not in call.json and "height" not in call.json
+    auto = make_request(sizing="aspect", size=None, params={"aspect_ratio": "match_input_image"})
+    call = build_submit(auto, upstream_model="flux-kontext-pro", provider=provider())
+    assert "aspect_ratio" not in call.json
 
 
 def test_no_size_lets_bfl_choose_and_options_override_the_grid() -> None:
@@ -339,3 +342,16 @@ async def test_connection_refused(context: AdapterContext) -> None:
     adapter = BflAdapter(provider(base_url="http://127.0.0.1:9", timeout_s=5), context)
     with pytest.raises(UpstreamUnavailable):
         await adapter.generate(make_request(), upstream_model="flux-2-pro")
+
+
+@pytest.mark.anyio
+async def test_passing_poll_failures_are_retried(
+    bfl: MockBflUpstream, context: AdapterContext
+) -> None:
+    bfl.poll_failures = 3
+    result = await make_adapter(bfl, context).generate(make_request(), upstream_model="flux-2-pro")
+    assert len(result.images) == 1
+
+    bfl.poll_failures = 4
+    with pytest.raises(UpstreamError, match="HTTP 502"):
+        await make_adapter(bfl, context).generate(make_request(), upstream_model="flux-2-pro")

@@ -33,7 +33,8 @@ Error` as generated from BFL's OpenAPI document in public SDKs):
 Knobs (attributes, changeable while running): `pending_polls` (Pending answers before the
 job settles), `fail_next(status, body, headers=, times=)` (the next submissions),
 `foreign_polling_host` (answer polling URLs on `localhost` instead of 127.0.0.1: the same
-server under another host name), `image_bytes` (pad delivered images: size limits).
+server under another host name), `image_bytes` (pad delivered images: size limits),
+`poll_failures` (the next polls answer 502).
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ class MockBflUpstream:
         self.pending_polls = 1
         self.foreign_polling_host = False
         self.image_bytes = 0
+        self.poll_failures = 0
         self.requests: list[RecordedRequest] = []
         self._jobs: dict[str, _Job] = {}
         self._ids = itertools.count(1)
@@ -170,6 +172,7 @@ class MockBflUpstream:
         self.pending_polls = 1
         self.foreign_polling_host = False
         self.image_bytes = 0
+        self.poll_failures = 0
 
     def submissions(self) -> list[RecordedRequest]:
         return [r for r in self.requests if r.method == "POST"]
@@ -204,6 +207,10 @@ class MockBflUpstream:
         recorded = self._record(request)
         if (denied := self._auth(recorded)) is not None:
             return denied
+        with self._lock:
+            failing, self.poll_failures = self.poll_failures > 0, max(0, self.poll_failures - 1)
+        if failing:
+            return _json(502, {"detail": "Bad Gateway"})
         job_id = request.query_params.get("id", "")
         job = self._jobs.get(job_id)
         if job is None:
