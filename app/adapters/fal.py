@@ -32,7 +32,8 @@ at fal.ai/docs/errors; model schemas such as fal.ai/models/fal-ai/flux/dev/api):
   its edit endpoint and field: `{"fal-ai/x/text-to-image": {"endpoint": "fal-ai/x/edit",
   "field": "image_urls"}}` (default: the same endpoint, `image_urls`).
 - Results: `images[]` (or one `image`) of `{url, width, height, content_type}`, `url` an
-  https link or a data URI (`sync_mode`); `has_nsfw_concepts[i]` true drops image i (fal
+  https link or a data URI (`sync_mode: true`, which a model may declare or a client send:
+  results then stay out of fal's request history); `has_nsfw_concepts[i]` true drops image i (fal
   returns a black image there), every image dropped is `ContentBlocked`.
 - Errors: `{"detail": str | [{loc, msg, type, ...}]}`; `type: content_policy_violation`
   is `ContentBlocked`. A job reported `FAILED`/`CANCELED`/`ERROR` is an `UpstreamError`.
@@ -92,7 +93,7 @@ SIZING_FIELDS: Final = frozenset(
 )
 #: owned by this adapter; a client's `extra` (or a declared param) cannot override them
 RESERVED_FIELDS: Final = frozenset(
-    {"prompt", "num_images", "seed", "output_format", "sync_mode"}
+    {"prompt", "num_images", "seed", "output_format"}
     | {"image_url", "image_urls", "mask_url", "image", "images", "mask"}
 )
 _RUNNING: Final = frozenset({"IN_QUEUE", "IN_PROGRESS"})
