@@ -103,6 +103,7 @@ BLOCKING_FINISH_REASONS: Final = frozenset(
     {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII"}
     | {"IMAGE_SAFETY", "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION"}
 )
+_IMAGE_SIZES: Final = {"0.5K": "512"}
 # Besides the image, Gemini 3 answers may carry up to two interim "thought" images.
 _IMAGES_PER_ANSWER: Final = 3
 _JSON_OVERHEAD_BYTES: Final = 64 * 1024
@@ -132,7 +133,7 @@ def build_call(
         config["imageConfig"] = image_config
     seed = request.seed if seed is None else seed
     if seed is not None:
-        config["seed"] = seed
+        config["seed"] = seed % 2**31  # an int32 upstream: wrap, do not fail, big seeds
     body["generationConfig"] = config
 
     base_url = (provider.base_url or DEFAULT_BASE_URL).rstrip("/")
@@ -163,7 +164,8 @@ def build_image_config(
             config["aspectRatio"] = aspect
         resolution = params.get("resolution")
         if request.sizing == "tier" and isinstance(resolution, str):
-            config["imageSize"] = resolution
+            # The catalog spells tiers `<N>K`; Gemini calls its half tier "512".
+            config["imageSize"] = _IMAGE_SIZES.get(resolution, resolution)
         return config
     # Pixel models get `size` = their "{width}x{height}"; preset models the preset value,
     # which only helps when it is `WxH` ("auto", "auto_2K": the upstream decides).
@@ -289,8 +291,8 @@ def parse_response(body: bytes, *, api_key: str | None = None) -> ParsedResponse
         for part in parts:
             if part.thought:
                 continue  # an interim "thinking" image or note, not the answer
-            if (b64 := _image_data(part.inline_data)) is not None:
-                images.append(ParsedImage(_decode(b64), None))
+            if (data := _image_bytes(part.inline_data)) is not None:
+                images.append(ParsedImage(data, None))
             elif part.file_data is not None and part.file_data.file_uri:
                 images.append(ParsedImage(None, part.file_data.file_uri))
             elif part.text:
@@ -300,18 +302,14 @@ def parse_response(body: bytes, *, api_key: str | None = None) -> ParsedResponse
     return ParsedResponse(images, _usage(wire.usage_metadata))
 
 
-def _image_data(blob: _Blob | None) -> str | None:
-    """The base64 text of an image blob (other media, e.g. audio, are not images)."""
+def _image_bytes(blob: _Blob | None) -> bytes | None:
+    """The bytes of an image blob; None for an empty one or other media (audio...)."""
     if blob is None or not blob.data:
         return None
     if blob.mime_type is not None and not blob.mime_type.startswith("image/"):
         return None
-    return blob.data
-
-
-def _decode(text: str) -> bytes:
     try:
-        return decode_b64(text)
+        return decode_b64(blob.data)
     except ImageError as exc:
         raise UpstreamError("provider returned invalid base64 image data") from exc
 

@@ -137,6 +137,18 @@ def test_sizing(changes: dict[str, object], expected: dict[str, str]) -> None:
     assert build_image_config(make_request(**changes)) == expected
 
 
+def test_half_tier_and_big_seeds_fit_gemini() -> None:
+    request = make_request(params={"aspect_ratio": "1:1", "resolution": "0.5K"}, seed=2**31 + 7)
+    call = build_call(request, upstream_model="gemini-3.1-flash-image-preview", provider=GOOGLE)
+
+    assert call.json is not None
+    assert call.json["generationConfig"]["imageConfig"] == {
+        "aspectRatio": "1:1",
+        "imageSize": "512",
+    }
+    assert call.json["generationConfig"]["seed"] == 7
+
+
 def test_nearest_aspect_ratio() -> None:
     assert nearest_aspect_ratio(2560, 1080, ("1:1", "16:9", "21:9")) == "21:9"
     assert nearest_aspect_ratio(100, 100, ("auto", "4:3", "1:1")) == "1:1"
