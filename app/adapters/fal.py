@@ -37,7 +37,9 @@ at fal.ai/docs/errors; model schemas such as fal.ai/models/fal-ai/flux/dev/api):
   returns a black image there), every image dropped is `ContentBlocked`.
 - Errors: `{"detail": str | [{loc, msg, type, ...}]}`; `type: content_policy_violation`
   is `ContentBlocked`. A job reported `FAILED`/`CANCELED`/`ERROR` is an `UpstreamError`.
-- Polling: `options.poll_interval_s` (0.5), `options.poll_max_interval_s` (4.0).
+- Polling: `options.poll_interval_s` (0.5), `options.poll_max_interval_s` (4.0); up to
+  `options.poll_error_budget` (3) failed status polls in a row are ridden out. A job given
+  up (timeout, cancellation, status polls failing) gets a best-effort PUT cancel_url.
 """
 
 from __future__ import annotations
@@ -114,6 +116,8 @@ class FalOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     poll_interval_s: float = Field(default=0.5, gt=0)
     poll_max_interval_s: float = Field(default=4.0, gt=0)
+    #: failed status polls in a row ridden out before the job is given up
+    poll_error_budget: int = Field(default=3, ge=0)
     #: how long the best-effort cancel of an abandoned job may take
     cancel_timeout_s: float = Field(default=5.0, gt=0)
     edits: dict[str, EditRoute] = Field(default_factory=dict)
@@ -342,6 +346,7 @@ class FalAdapter:
         self._options = FalOptions.model_validate(provider.options)
         self._queue = queue_url(provider)
         self._host = host_of(self._queue)
+        self._headers = auth_headers(provider)
         self._timeout_s = provider.timeout_s
 
     async def generate(
@@ -364,43 +369,67 @@ class FalAdapter:
         call = build_submit(
             request, upstream_model=upstream_model, provider=self._provider, options=self._options
         )
-        body = await self._send("POST", call.url, json=call.json, limit=_SMALL_BODY_BYTES)
+        body = await self._send("POST", call.url, json=call.json)
         job = parse_submit(body, queue=self._queue, endpoint=call.endpoint)
         try:
             await poll(
-                lambda: self._check(job),
+                self._checker(job),
                 interval_s=self._options.poll_interval_s,
                 max_interval_s=self._options.poll_max_interval_s,
             )
-        except anyio.get_cancelled_exc_class():
-            await self._cancel(job)  # timed out or abandoned: stop paying for it
+        except BaseException:
+            # Timed out, abandoned or unreachable: stop paying for it (a no-op on a job
+            # that already failed).
+            await self._cancel(job)
             raise
         limit = self._context.max_download_bytes * request.n * 4 // 3 + _JSON_OVERHEAD_BYTES
         urls = parse_output(await self._send("GET", job.response_url, limit=limit))
         return AdapterResult(images=await self._download_all(urls))
 
-    async def _check(self, job: QueueJob) -> bool | None:
-        body = await self._send("GET", job.status_url, limit=_SMALL_BODY_BYTES)
-        return True if parse_status(body, api_key=self._provider.api_key) else None
+    def _checker(self, job: QueueJob) -> Callable[[], Awaitable[bool | None]]:
+        misses = 0
+
+        async def check() -> bool | None:
+            # The job is queued (and will be billed) at fal: a passing status failure (5xx,
+            # 429, reset, slow answer) is retried next round, `poll_error_budget` in a row.
+            nonlocal misses
+            try:
+                status, headers, body = await self._request("GET", job.status_url)
+            except (UpstreamUnavailable, UpstreamTimeout):
+                misses += 1
+                if misses > self._options.poll_error_budget:
+                    raise
+                return None
+            if 200 <= status < 300:
+                misses = 0
+                return True if parse_status(body, api_key=self._provider.api_key) else None
+            misses += 1
+            if (status >= 500 or status == 429) and misses <= self._options.poll_error_budget:
+                return None
+            raise self._error(status, headers, body)
+
+        return check
 
     async def _send(
-        self, method: str, url: str, *, limit: int, json: dict[str, Any] | None = None
+        self, method: str, url: str, *, limit: int = _SMALL_BODY_BYTES, json: Any = None
     ) -> bytes:
-        headers = auth_headers(self._provider)
+        status, headers, body = await self._request(method, url, limit=limit, json=json)
+        if not 200 <= status < 300:
+            raise self._error(status, headers, body)
+        return body
+
+    async def _request(
+        self, method: str, url: str, *, limit: int = _SMALL_BODY_BYTES, json: Any = None
+    ) -> tuple[int, httpx.Headers, bytes]:
         with transport_errors(self._host, self._timeout_s):
             async with self._context.http.stream(
-                method, url, headers=headers, json=json, timeout=self._timeout_s
+                method, url, headers=self._headers, json=json, timeout=self._timeout_s
             ) as response:
                 body = await read_limited(response, limit, what=f"answer from {self._host}")
-        if not response.is_success:
-            raise map_error(
-                response.status_code,
-                response.headers,
-                body,
-                host=self._host,
-                api_key=self._provider.api_key,
-            )
-        return body
+        return response.status_code, response.headers, body
+
+    def _error(self, status: int, headers: httpx.Headers, body: bytes) -> GatewayError:
+        return map_error(status, headers, body, host=self._host, api_key=self._provider.api_key)
 
     async def _cancel(self, job: QueueJob) -> None:
         # Best effort: the job may already be running, finished or gone.
@@ -409,7 +438,7 @@ class FalAdapter:
             anyio.move_on_after(self._options.cancel_timeout_s),
             contextlib.suppress(GatewayError),
         ):
-            await self._send("PUT", job.cancel_url, limit=_SMALL_BODY_BYTES)
+            await self._send("PUT", job.cancel_url)
 
     async def _download_all(self, urls: list[str]) -> list[UpstreamImage]:
         """Bytes of every URL, concurrently; a failed download drops its image (the caller

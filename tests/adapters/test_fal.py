@@ -389,6 +389,31 @@ async def test_failed_job(fal: MockFalUpstream, context: AdapterContext) -> None
 
 
 @pytest.mark.anyio
+async def test_passing_status_failures_are_ridden_out(
+    fal: MockFalUpstream, context: AdapterContext
+) -> None:
+    fal.fail_status(502, times=3)
+    result = await make_adapter(fal, context).generate(
+        make_request(), upstream_model="fal-ai/flux/dev"
+    )
+    assert len(result.images) == 1
+    assert not fal.by_method("PUT")
+
+
+@pytest.mark.anyio
+async def test_status_failing_past_the_budget_gives_the_job_up(
+    fal: MockFalUpstream, context: AdapterContext
+) -> None:
+    fal.fail_status(503, times=3)
+    options = {"poll_interval_s": 0.01, "poll_error_budget": 2}
+    with pytest.raises(UpstreamUnavailable, match="HTTP 503"):
+        await make_adapter(fal, context, options=options).generate(
+            make_request(), upstream_model="fal-ai/flux/dev"
+        )
+    assert fal.jobs["req-0001"].cancelled
+
+
+@pytest.mark.anyio
 async def test_foreign_job_urls_are_rebuilt_on_the_queue(
     fal: MockFalUpstream, context: AdapterContext
 ) -> None:

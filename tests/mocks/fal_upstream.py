@@ -35,7 +35,8 @@ content_type}], seed, has_nsfw_concepts, prompt, timings}`):
   decoded and recorded in `RecordedRequest.images`.
 
 Knobs (attributes): `queued_polls`, `running_polls`, `stall`, `nsfw_indexes`, `data_uris`,
-`fail_next(status, body, headers=...)` (next submission), `fail_result(status, body)`
+`fail_next(status, body, headers=...)` (next submission), `fail_status(status, times=)`
+(the next status polls answer an nginx error page), `fail_result(status, body)`
 (the result of the next completed job), `job_status` (report this status, e.g. `FAILED`,
 instead of COMPLETED), `foreign_urls` (answer status/response URLs on another host).
 """
@@ -106,6 +107,7 @@ class MockFalUpstream:
         self._files: dict[str, tuple[bytes, str]] = {}
         self._submit_failures: deque[tuple[int, Any, dict[str, str]]] = deque()
         self._result_failures: deque[tuple[int, Any]] = deque()
+        self._status_failures: deque[int] = deque()
         self._set_defaults()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -177,6 +179,11 @@ class MockFalUpstream:
         with self._lock:
             self._submit_failures.append((status, body, headers or {}))
 
+    def fail_status(self, status: int, *, times: int = 1) -> None:
+        """Answer the next `times` status polls with `status` (an ingress-style error)."""
+        with self._lock:
+            self._status_failures.extend([status] * times)
+
     def fail_result(self, status: int, body: Any) -> None:
         with self._lock:
             self._result_failures.append((status, body))
@@ -188,6 +195,7 @@ class MockFalUpstream:
             self._files.clear()
             self._submit_failures.clear()
             self._result_failures.clear()
+            self._status_failures.clear()
             self._ids = itertools.count(1)
             self._set_defaults()
 
@@ -236,6 +244,10 @@ class MockFalUpstream:
         job, problem = self._job(request, recorded)
         if job is None:
             return problem
+        with self._lock:
+            failure = self._status_failures.popleft() if self._status_failures else None
+        if failure is not None:
+            return Response(b"<html>502 Bad Gateway - nginx</html>", failure)
         job.polls += 1
         if self.stall or job.polls <= self.queued_polls:
             status: dict[str, Any] = {"status": "IN_QUEUE", "queue_position": 0}
