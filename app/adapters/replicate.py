@@ -1,0 +1,434 @@
+"""The Replicate adapter: one prediction per upstream call, polled until it is done.
+
+    ImageRequest ──build_call──▶ POST {base_url}/v1/models/{owner}/{name}/predictions
+                                 (or POST /v1/predictions {"version": id} for `owner/name:id`)
+                                 Authorization: Bearer <key>, Prefer: wait=<s>, {"input": {...}}
+    prediction   ──parse_prediction──▶ {id, status, output, error, urls{get, cancel}}
+      starting | processing ──poll GET urls.get (app.adapters.polling)──▶ ... terminal
+      succeeded ──output: URL | [URLs]──download (size-limited, no key)──▶ images
+      failed    ──NSFW / "sensitive"──▶ ContentBlocked, else UpstreamError
+      canceled | aborted ──▶ UpstreamError
+    4xx/5xx      ──map_error (RFC 7807 `detail`)──▶ UpstreamError | UpstreamUnavailable | ...
+    deadline / cancellation before a terminal status ──▶ best-effort POST urls.cancel
+
+`build_call`, `parse_prediction`, `prediction_outcome` and `map_error` are pure; the class
+only wires them to the shared client. Contract: Replicate's HTTP API reference
+(`models.predictions.create`, `predictions.create/get/cancel`), "Create a prediction" (sync
+mode, `Prefer: wait=n`, 1-60 s) and the official client replicate/replicate-python
+(`prediction.py`: `_create_prediction_headers`, `/v1/predictions/{id}/cancel`;
+`exceptions.py`: `ReplicateError`, an RFC 7807 problem body).
+
+Wire decisions:
+- `input` is the model's declared params (Replicate models name their sizing inputs
+  `aspect_ratio`, `width`/`height`, `resolution` themselves, so they go as they are) plus the
+  client's `extra`, then `prompt`, `seed` and the fields below, which the adapter owns. A
+  pixel-sized request without an `aspect_ratio` gets `aspect_ratio: "custom"` (BFL models on
+  Replicate ignore width/height otherwise; `options.custom_aspect_ratio: null` turns it off).
+- `output_format` is sent when the model accepts the requested format (`jpeg` is spelled
+  `jpg`; `options.output_formats`, default png/jpg/webp); otherwise the model's default comes
+  back and the image service transcodes.
+- `n`: with `options.num_outputs_field` (e.g. `num_outputs`) one prediction makes every
+  image; without it, n concurrent predictions of one image each (seed + i). A client's own
+  `num_outputs` is never forwarded, and at most n outputs are downloaded: the gateway bills n.
+- Edits: reference images as `data:` URIs (what the official client sends with its base64
+  file encoding) in `options.image_field` (default `image`; a list when
+  `options.image_list`), the mask in `options.mask_field` (default `mask`).
+- Every knob may be overridden per model: `options.models.<upstream_model>.<knob>`.
+- The key is only sent to the API host: a `urls.get`/`urls.cancel` elsewhere is replaced by
+  `{base_url}/v1/predictions/{id}[/cancel]`. 402 (no credit) is retryable like a rejected key:
+  the next route, on another account or provider, may well succeed.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any, Final
+
+import anyio
+import httpx
+import orjson
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from app.adapters.base import (
+    AdapterContext,
+    AdapterResult,
+    ImageRequest,
+    PartialSink,
+    UpstreamImage,
+)
+from app.adapters.concurrency import settle, successes
+from app.adapters.polling import poll
+from app.adapters.upstream_http import (
+    download,
+    host_of,
+    read_limited,
+    redact,
+    retry_after,
+    transport_errors,
+)
+from app.catalog.schema import ProviderConfig
+from app.errors import (
+    ContentBlocked,
+    GatewayError,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from app.images.codec import sniff_format
+
+DEFAULT_BASE_URL: Final = "https://api.replicate.com"
+TERMINAL: Final = frozenset({"succeeded", "failed", "canceled", "aborted"})
+#: owned by the adapter or the gateway: never taken from params or `extra`
+RESERVED_FIELDS: Final = frozenset(
+    {"prompt", "seed", "n", "num_outputs", "size", "user", "response_format", "quality"}
+    | {"output_format"}
+    | {"stream", "partial_images", "image", "image[]", "images", "mask"}
+)
+_BLOCKED_MARKERS: Final = ("nsfw", "sensitive", "safety", "content policy", "moderat")
+_MAX_WAIT_S: Final = 60
+_CANCEL_TIMEOUT_S: Final = 5.0
+_JSON_OVERHEAD_BYTES: Final = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ModelOptions:
+    """The provider's knobs for one upstream model (per-model overrides applied)."""
+
+    num_outputs_field: str | None = None
+    output_formats: frozenset[str] = frozenset({"png", "jpg", "webp"})
+    image_field: str = "image"
+    image_list: bool = False
+    mask_field: str = "mask"
+    custom_aspect_ratio: str | None = "custom"
+    wait_s: int = _MAX_WAIT_S
+    poll_interval_s: float = 0.5
+    max_poll_interval_s: float = 4.0
+
+
+def model_options(provider: ProviderConfig, upstream_model: str) -> ModelOptions:
+    per_model = provider.options.get("models") or {}
+    merged: dict[str, Any] = {**provider.options, **(per_model.get(upstream_model) or {})}
+    defaults = ModelOptions()
+    formats = merged.get("output_formats")
+    return ModelOptions(
+        num_outputs_field=merged.get("num_outputs_field") or None,
+        output_formats=defaults.output_formats if formats is None else frozenset(formats),
+        image_field=str(merged.get("image_field") or defaults.image_field),
+        image_list=bool(merged.get("image_list", False)),
+        mask_field=str(merged.get("mask_field") or defaults.mask_field),
+        custom_aspect_ratio=merged.get("custom_aspect_ratio", defaults.custom_aspect_ratio),
+        wait_s=max(0, min(_MAX_WAIT_S, int(merged.get("wait_s", defaults.wait_s)))),
+        poll_interval_s=float(merged.get("poll_interval_s", defaults.poll_interval_s)),
+        max_poll_interval_s=float(merged.get("max_poll_interval_s", defaults.max_poll_interval_s)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamCall:
+    url: str
+    headers: dict[str, str]
+    json: dict[str, Any]
+
+
+def auth_headers(provider: ProviderConfig) -> dict[str, str]:
+    key = {"Authorization": f"Bearer {provider.api_key}"} if provider.api_key else {}
+    return {**key, **provider.headers}
+
+
+def build_call(
+    request: ImageRequest,
+    *,
+    upstream_model: str,
+    provider: ProviderConfig,
+    options: ModelOptions,
+    n: int,
+    seed: int | None,
+) -> UpstreamCall:
+    """The create-prediction request for `n` images (`seed` overrides the request's)."""
+    reserved = RESERVED_FIELDS | {options.image_field, options.mask_field}
+    if options.num_outputs_field:
+        reserved |= {options.num_outputs_field}
+    payload: dict[str, Any] = {
+        key: value
+        for key, value in (*request.extra.items(), *request.params.items())
+        if key not in reserved and value is not None
+    }
+    payload["prompt"] = request.prompt
+    if (
+        request.sizing == "pixel"
+        and {"width", "height"} <= payload.keys()
+        and "aspect_ratio" not in payload
+        and options.custom_aspect_ratio
+    ):
+        payload["aspect_ratio"] = options.custom_aspect_ratio
+    if options.num_outputs_field:
+        payload[options.num_outputs_field] = n
+    if seed is not None:
+        payload["seed"] = seed
+    if request.quality is not None:
+        payload["quality"] = request.quality
+    wire_format = "jpg" if request.output_format == "jpeg" else request.output_format
+    if wire_format in options.output_formats:
+        payload["output_format"] = wire_format
+    if request.images:
+        uris = [data_uri(image) for image in request.images]
+        payload[options.image_field] = uris if options.image_list else uris[0]
+    if request.mask is not None:
+        payload[options.mask_field] = data_uri(request.mask)
+
+    base_url = (provider.base_url or DEFAULT_BASE_URL).rstrip("/")
+    headers = auth_headers(provider)
+    # Sync mode never holds the request past half the deadline: a prediction id must come
+    # back in time to be cancelled when the deadline is reached.
+    wait_s = min(options.wait_s, int(provider.timeout_s / 2))
+    if wait_s > 0:
+        headers = {"Prefer": f"wait={wait_s}", **headers}
+    model, _, version = upstream_model.partition(":")
+    if version:
+        return UpstreamCall(
+            f"{base_url}/v1/predictions", headers, {"version": version, "input": payload}
+        )
+    return UpstreamCall(f"{base_url}/v1/models/{model}/predictions", headers, {"input": payload})
+
+
+def data_uri(data: bytes) -> str:
+    fmt = sniff_format(data) or "png"
+    return f"data:image/{fmt};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+class Prediction(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: str
+    status: str
+    output: Any = None
+    error: str | None = None
+    urls: dict[str, str | None] | None = None
+
+
+def parse_prediction(body: bytes) -> Prediction:
+    try:
+        return Prediction.model_validate_json(body)
+    except ValidationError as exc:
+        raise UpstreamError("provider answered with something that is not a prediction") from exc
+
+
+def output_urls(output: Any) -> list[str]:
+    """A model's output as image URLs: one URL, or a list of them (other items ignored)."""
+    items = output if isinstance(output, list) else [output]
+    return [item for item in items if isinstance(item, str) and item]
+
+
+def prediction_outcome(
+    prediction: Prediction, *, api_key: str | None, early_output: bool = False
+) -> list[str] | None:
+    """The image URLs of a finished prediction, None while it runs, or the error it ended in.
+
+    `early_output`: sync mode may answer with every file output while the status is still
+    `processing`; such an answer is complete for an image model.
+    """
+    status = prediction.status
+    if status == "succeeded" or (early_output and status not in TERMINAL):
+        urls = output_urls(prediction.output)
+        if urls:
+            return urls
+        if status == "succeeded":
+            raise UpstreamError("provider's prediction succeeded without any image")
+        return None
+    if status == "failed":
+        detail = redact(prediction.error or "", [api_key]) or "no message"
+        if any(marker in detail.lower() for marker in _BLOCKED_MARKERS):
+            raise ContentBlocked(detail)
+        raise UpstreamError(f"provider's prediction failed: {detail}")
+    if status in ("canceled", "aborted"):
+        raise UpstreamError(f"provider's prediction was {status}")
+    return None
+
+
+def map_error(
+    status: int, headers: httpx.Headers, body: bytes, *, host: str, api_key: str | None
+) -> GatewayError:
+    """A non-2xx API answer -> the gateway error the client (and the router) sees."""
+    detail = redact(_problem_detail(body), [api_key]) or "no message"
+    if status in (401, 403):
+        # Never echo the provider's text here: it may quote the rejected token.
+        return UpstreamError(f"{host} rejected the gateway's credentials (HTTP {status})")
+    if status == 402:
+        return UpstreamError(f"{host} refused the gateway's account (HTTP 402): {detail}")
+    if status in (429, 503):
+        return UpstreamUnavailable(
+            f"{host} is rate limiting or overloaded (HTTP {status}): {detail}",
+            retry_after=retry_after(headers),
+        )
+    if status in (408, 504):
+        return UpstreamTimeout(f"{host} timed out (HTTP {status}): {detail}")
+    if 400 <= status < 500:
+        error = UpstreamError(f"{host} rejected the request (HTTP {status}): {detail}")
+        error.retryable = False  # the same input would be rejected again
+        return error
+    return UpstreamError(f"{host} failed (HTTP {status}): {detail}")
+
+
+def _problem_detail(body: bytes) -> str:
+    """`detail` (else `title`) of an RFC 7807 problem body, leniently."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body[:200].decode("utf-8", "replace")
+    if isinstance(payload, dict):
+        return str(payload.get("detail") or payload.get("title") or "")
+    return ""
+
+
+class ReplicateAdapter:
+    """Runs Replicate predictions through the shared client."""
+
+    def __init__(self, provider: ProviderConfig, context: AdapterContext) -> None:
+        self._provider = provider
+        self._context = context
+        self._base_url = (provider.base_url or DEFAULT_BASE_URL).rstrip("/")
+        self._host = host_of(self._base_url)
+        self._timeout_s = provider.timeout_s
+
+    async def generate(
+        self,
+        request: ImageRequest,
+        *,
+        upstream_model: str,
+        on_partial: PartialSink | None = None,
+    ) -> AdapterResult:
+        # Predictions have no partial images for image models: `on_partial` is never called.
+        options = model_options(self._provider, upstream_model)
+        try:
+            with anyio.fail_after(self._timeout_s):
+                if request.n > 1 and not options.num_outputs_field:
+                    return await self._fan_out(request, upstream_model, options)
+                images = await self._predict(
+                    request, upstream_model, options, n=request.n, seed=request.seed
+                )
+                return AdapterResult(images=images)
+        except TimeoutError as exc:
+            raise UpstreamTimeout(
+                f"{self._host} did not finish within {self._timeout_s:g} s"
+            ) from exc
+
+    async def _fan_out(
+        self, request: ImageRequest, upstream_model: str, options: ModelOptions
+    ) -> AdapterResult:
+        def one(index: int) -> Callable[[], Awaitable[list[UpstreamImage]]]:
+            seed = None if request.seed is None else request.seed + index
+            return lambda: self._predict(request, upstream_model, options, n=1, seed=seed)
+
+        results = successes(await settle([one(i) for i in range(request.n)]))
+        return AdapterResult(images=[image for images in results for image in images])
+
+    async def _predict(
+        self,
+        request: ImageRequest,
+        upstream_model: str,
+        options: ModelOptions,
+        *,
+        n: int,
+        seed: int | None,
+    ) -> list[UpstreamImage]:
+        call = build_call(
+            request,
+            upstream_model=upstream_model,
+            provider=self._provider,
+            options=options,
+            n=n,
+            seed=seed,
+        )
+        limit = self._context.max_download_bytes * n * 4 // 3 + _JSON_OVERHEAD_BYTES
+        prediction = await self._send("POST", call.url, call.headers, call.json, limit)
+        key = self._provider.api_key
+        urls = prediction_outcome(prediction, api_key=key, early_output=True)
+        if urls is None:
+            latest = prediction
+
+            async def check() -> list[str] | None:
+                nonlocal latest
+                latest = await self._send("GET", self._job_url(latest), None, None, limit)
+                return prediction_outcome(latest, api_key=key)
+
+            try:
+                urls = await poll(
+                    check,
+                    interval_s=options.poll_interval_s,
+                    max_interval_s=options.max_poll_interval_s,
+                )
+            except BaseException:
+                # Deadline, cancellation or a broken status request: stop the paid job.
+                if latest.status not in TERMINAL:
+                    await self._cancel(latest)
+                raise
+        # Never more than was asked (and billed), whatever the model made.
+        return await self._download_all(urls[:n])
+
+    def _job_url(self, prediction: Prediction, action: str = "get") -> str:
+        given = (prediction.urls or {}).get(action)
+        if given and host_of(given) == self._host:
+            return given
+        suffix = "/cancel" if action == "cancel" else ""
+        return f"{self._base_url}/v1/predictions/{prediction.id}{suffix}"
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str] | None,
+        json: dict[str, Any] | None,
+        limit: int,
+    ) -> Prediction:
+        with transport_errors(self._host, self._timeout_s):
+            async with self._context.http.stream(
+                method,
+                url,
+                headers=headers if headers is not None else auth_headers(self._provider),
+                json=json,
+                timeout=self._timeout_s,
+            ) as response:
+                body = await read_limited(response, limit, what=f"answer from {self._host}")
+        if not response.is_success:
+            raise map_error(
+                response.status_code,
+                response.headers,
+                body,
+                host=self._host,
+                api_key=self._provider.api_key,
+            )
+        return parse_prediction(body)
+
+    async def _cancel(self, prediction: Prediction) -> None:
+        """Best effort, shielded: runs even while this task is being cancelled."""
+        # A failed cancel needs no handling: the job ends on its own.
+        with (
+            anyio.CancelScope(shield=True),
+            anyio.move_on_after(_CANCEL_TIMEOUT_S),
+            suppress(httpx.HTTPError),
+        ):
+            await self._context.http.post(
+                self._job_url(prediction, "cancel"),
+                headers=auth_headers(self._provider),
+                timeout=_CANCEL_TIMEOUT_S,
+            )
+
+    async def _download_all(self, urls: list[str]) -> list[UpstreamImage]:
+        """Every output, downloaded concurrently; a failed download drops its image unless
+        every one failed."""
+
+        def fetch(url: str) -> Callable[[], Awaitable[UpstreamImage]]:
+            async def run() -> UpstreamImage:
+                data = await download(
+                    self._context.http,
+                    url,
+                    max_bytes=self._context.max_download_bytes,
+                    timeout_s=self._timeout_s,
+                )
+                return UpstreamImage(data)
+
+            return run
+
+        return successes(await settle([fetch(url) for url in urls]))
