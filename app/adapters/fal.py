@@ -23,8 +23,9 @@ at fal.ai/docs/errors; model schemas such as fal.ai/models/fal-ai/flux/dev/api):
 - Sizing, by the model's style: pixel/none -> `image_size: {width, height}`; preset -> the
   value as is (a `WxH` preset becomes the object); aspect -> fal's named sizes
   (`1:1` square_hd, `4:3` landscape_4_3, `16:9` landscape_16_9, `3:4` portrait_4_3,
-  `9:16` portrait_16_9; other ratios the `WxH` the service derived, `auto` nothing);
-  tier -> `aspect_ratio` + `resolution` as is (fal's tier models take exactly those).
+  `9:16` portrait_16_9; other ratios the `WxH` the service derived, `auto` nothing), or
+  `aspect_ratio` as is for the endpoints in `options.aspect_ratio_models` (flux-pro ultra,
+  imagen...); tier -> `aspect_ratio` + `resolution` as is (fal's tier models take those).
 - Other declared params (`enable_safety_checker`, `num_inference_steps`...) and the client's
   `extra` fields are merged in, under the fields this adapter owns.
 - Edits: reference images as data URIs in `image_urls` (list), or `image_url` for the
@@ -121,6 +122,8 @@ class FalOptions(BaseModel):
     #: how long the best-effort cancel of an abandoned job may take
     cancel_timeout_s: float = Field(default=5.0, gt=0)
     edits: dict[str, EditRoute] = Field(default_factory=dict)
+    #: endpoints taking `aspect_ratio` themselves (no `image_size`), e.g. flux-pro ultra
+    aspect_ratio_models: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,9 +152,9 @@ def auth_headers(provider: ProviderConfig) -> dict[str, str]:
     return {**key, **provider.headers}
 
 
-def size_fields(request: ImageRequest) -> dict[str, Any]:
+def size_fields(request: ImageRequest, *, native_aspect: bool = False) -> dict[str, Any]:
     """The model's own sizing fields for fal, from the style the service translated into."""
-    if request.sizing == "tier":
+    if request.sizing == "tier" or (request.sizing == "aspect" and native_aspect):
         return {
             key: request.params[key]
             for key in ("aspect_ratio", "resolution")
@@ -182,13 +185,13 @@ def build_submit(
         for key, value in (*request.extra.items(), *request.params.items())
         if key not in SIZING_FIELDS and key not in RESERVED_FIELDS and value is not None
     }
-    body.update(size_fields(request))
+    endpoint = upstream_model.strip("/")
+    body.update(size_fields(request, native_aspect=endpoint in options.aspect_ratio_models))
     body["prompt"] = request.prompt
     body["num_images"] = request.n
     if request.seed is not None:
         body["seed"] = request.seed
     body["output_format"] = "jpeg" if request.output_format == "jpeg" else "png"
-    endpoint = upstream_model.strip("/")
     if request.images:
         route = options.edits.get(endpoint, EditRoute())
         endpoint = (route.endpoint or endpoint).strip("/")

@@ -133,6 +133,13 @@ def test_no_size_when_auto_and_tier_fields_go_native() -> None:
     assert "image_size" not in tier
 
 
+def test_native_aspect_ratio_models() -> None:
+    request = make_request(sizing="aspect", size="1024x439", params={"aspect_ratio": "21:9"})
+    ultra = "fal-ai/flux-pro/v1.1-ultra"
+    body = submit_body(request, model=ultra, aspect_ratio_models=[ultra])
+    assert body["aspect_ratio"] == "21:9" and "image_size" not in body
+
+
 @pytest.mark.parametrize(("fmt", "sent"), [("png", "png"), ("jpeg", "jpeg"), ("webp", "png")])
 def test_output_format_is_one_fal_accepts(fmt: str, sent: str) -> None:
     assert submit_body(make_request(output_format=fmt))["output_format"] == sent
