@@ -112,6 +112,8 @@ def _build(parsed: CatalogFile, unset: dict[tuple[PathPart, ...], list[str]]) ->
             usable[name] = provider
 
     warnings: list[str] = []
+    #: hidden models grouped by why, so a keyless start says one line per missing credential
+    hidden: dict[str, list[str]] = {}
     models: dict[str, CompiledModel] = {}
     for model_id, config in parsed.models.items():
         for index, route in enumerate(config.routes):
@@ -126,12 +128,18 @@ def _build(parsed: CatalogFile, unset: dict[tuple[PathPart, ...], list[str]]) ->
         dropped = [route.provider for route in config.routes if route.provider not in usable]
         reasons = "; ".join(f"provider {p!r}: {missing_key[p]}" for p in dict.fromkeys(dropped))
         if not routes:
-            warnings.append(f"model {model_id!r} is hidden: no usable route ({reasons})")
+            hidden.setdefault(reasons, []).append(model_id)
             continue
         if dropped:
             warnings.append(f"model {model_id!r}: routes skipped ({reasons})")
             compiled = compile_model(model_id, config.model_copy(update={"routes": routes}))
         models[model_id] = compiled
+    for reasons, model_ids in hidden.items():
+        if len(model_ids) == 1:
+            subject = f"model {model_ids[0]!r} is"
+        else:
+            subject = f"models {', '.join(repr(m) for m in model_ids)} are"
+        warnings.append(f"{subject} hidden: no usable route ({reasons})")
     for message in warnings:
         logger.warning("catalog: %s", message)
     return Catalog(providers=usable, models=models, warnings=warnings)

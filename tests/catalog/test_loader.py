@@ -40,8 +40,12 @@ def test_default_catalog_without_secrets_shows_only_local_preview(
     assert list(catalog.models) == ["local-preview"]
     assert list(catalog.providers) == ["local"]
     assert catalog.get("gpt-image-1") is None
-    assert len(catalog.warnings) == 3
-    assert any("gpt-image-1" in w and "OPENAI_API_KEY" in w for w in catalog.warnings)
+    # one line per missing credential, naming every model it hides
+    assert len(catalog.warnings) == 2
+    assert any(
+        "'gpt-image-1', 'dall-e-3' are hidden" in w and "OPENAI_API_KEY" in w
+        for w in catalog.warnings
+    )
     assert any("grok-2-image" in w and "XAI_API_KEY" in w for w in catalog.warnings)
     assert [r.getMessage() for r in caplog.records] == [f"catalog: {w}" for w in catalog.warnings]
 
