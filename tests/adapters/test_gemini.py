@@ -348,6 +348,19 @@ async def test_tier_generation(gemini: MockGeminiUpstream, context: AdapterConte
 
 
 @pytest_anyio
+async def test_half_tier_and_wide_ratio(
+    gemini: MockGeminiUpstream, context: AdapterContext
+) -> None:
+    request = make_request(params={"aspect_ratio": "4:1", "resolution": "0.5K"})
+
+    result = await make_adapter(gemini, context).generate(
+        request, upstream_model="gemini-3.1-flash-image-preview"
+    )
+
+    assert image_size(result.images[0].data) == (64, 16)  # 512 px at the mock's 1/8 scale
+
+
+@pytest_anyio
 async def test_fan_out_makes_n_concurrent_single_image_calls(
     gemini: MockGeminiUpstream, context: AdapterContext
 ) -> None:

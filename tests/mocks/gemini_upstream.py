@@ -22,7 +22,8 @@ e.g. the `API_KEY_INVALID` answer quoted in cequence-io/openai-scala-client#109 
 - Body: `contents[].parts[]` (text, `inlineData` images), `generationConfig` with
   `responseModalities` (must include IMAGE), `imageConfig` {`aspectRatio`, `imageSize`},
   `seed`; `candidateCount` > 1 is refused ("Multiple candidates is not enabled").
-  `imageSize` is refused by `gemini-2.5-*` models, as Google does.
+  `imageSize` is refused by `gemini-2.5-*` models; `gemini-3.1-flash-*` also takes "512"
+  and the 1:4, 4:1, 1:8, 8:1 ratios (`AspectRatio` / `ImageSize` enums of the SDK).
 - Answer: one candidate whose `content.parts` hold the image as `inlineData`
   {`mimeType`, `data`} (camelCase), `finishReason: STOP`, and `usageMetadata`
   (`promptTokenCount`, `candidatesTokenCount` 1290 per 2.5 image, 1120 (1K/2K) or 2000 (4K)
@@ -64,7 +65,9 @@ from starlette.routing import Route
 
 ImageFormat = Literal["png", "jpeg", "webp"]
 ASPECT_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
-IMAGE_SIZES = {"1K": 1024, "2K": 2048, "4K": 4096}
+#: Gemini 3.1 Flash Image adds extreme ratios and a 512 px size
+WIDE_ASPECT_RATIOS = ("1:4", "4:1", "1:8", "8:1")
+IMAGE_SIZES = {"512": 512, "1K": 1024, "2K": 2048, "4K": 4096}
 _PIL_NAMES = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 
 
@@ -228,11 +231,16 @@ class MockGeminiUpstream:
             return _bad("Model only supports image output: set responseModalities to IMAGE.")
         if config.get("candidateCount", 1) != 1:
             return _bad(f"Multiple candidates is not enabled for models/{model}")
+        wide = "3.1-flash" in model
         aspect = image_config.get("aspectRatio", "1:1")
-        if aspect not in ASPECT_RATIOS:
+        if aspect not in ASPECT_RATIOS + (WIDE_ASPECT_RATIOS if wide else ()):
             return _bad(f"Unsupported aspect ratio: {aspect}")
         size = image_config.get("imageSize", "1K")
-        if size not in IMAGE_SIZES or ("imageSize" in image_config and "2.5" in model):
+        if (
+            size not in IMAGE_SIZES
+            or ("imageSize" in image_config and "2.5" in model)
+            or (size == "512" and not wide)
+        ):
             return _bad(f"Unsupported image size: {size}")
         text_tokens = max(1, len(prompt.split()))
         pro = model.startswith("gemini-3")
