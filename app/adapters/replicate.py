@@ -45,12 +45,12 @@ import base64
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import anyio
 import httpx
 import orjson
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.adapters.base import (
     AdapterContext,
@@ -93,37 +93,34 @@ _CANCEL_TIMEOUT_S: Final = 5.0
 _JSON_OVERHEAD_BYTES: Final = 64 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class ModelOptions:
-    """The provider's knobs for one upstream model (per-model overrides applied)."""
+class ModelOptions(BaseModel):
+    """The provider's `options` for one upstream model (per-model overrides applied)."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True)
     num_outputs_field: str | None = None
     output_formats: frozenset[str] = frozenset({"png", "jpg", "webp"})
     image_field: str = "image"
     image_list: bool = False
     mask_field: str = "mask"
     custom_aspect_ratio: str | None = "custom"
-    wait_s: int = _MAX_WAIT_S
-    poll_interval_s: float = 0.5
-    max_poll_interval_s: float = 4.0
+    #: sync mode (`Prefer: wait=n`); 0 = plain async predictions
+    wait_s: int = Field(default=_MAX_WAIT_S, ge=0, le=_MAX_WAIT_S)
+    poll_interval_s: float = Field(default=0.5, gt=0)
+    max_poll_interval_s: float = Field(default=4.0, gt=0)
 
 
 def model_options(provider: ProviderConfig, upstream_model: str) -> ModelOptions:
-    per_model = provider.options.get("models") or {}
-    merged: dict[str, Any] = {**provider.options, **(per_model.get(upstream_model) or {})}
-    defaults = ModelOptions()
-    formats = merged.get("output_formats")
-    return ModelOptions(
-        num_outputs_field=merged.get("num_outputs_field") or None,
-        output_formats=defaults.output_formats if formats is None else frozenset(formats),
-        image_field=str(merged.get("image_field") or defaults.image_field),
-        image_list=bool(merged.get("image_list", False)),
-        mask_field=str(merged.get("mask_field") or defaults.mask_field),
-        custom_aspect_ratio=merged.get("custom_aspect_ratio", defaults.custom_aspect_ratio),
-        wait_s=max(0, min(_MAX_WAIT_S, int(merged.get("wait_s", defaults.wait_s)))),
-        poll_interval_s=float(merged.get("poll_interval_s", defaults.poll_interval_s)),
-        max_poll_interval_s=float(merged.get("max_poll_interval_s", defaults.max_poll_interval_s)),
-    )
+    """Provider-wide options, overridden by `options.models.<upstream_model>`; a
+    `ValueError` naming the bad option otherwise (raised at start-up by the adapter)."""
+    shared = {key: value for key, value in provider.options.items() if key != "models"}
+    per_model = (provider.options.get("models") or {}).get(upstream_model) or {}
+    try:
+        return ModelOptions.model_validate({**shared, **per_model})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ValueError(
+            f"replicate options for {upstream_model or 'all models'}: {problems}"
+        ) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +244,16 @@ def prediction_outcome(
     return None
 
 
+def job_url(prediction: Prediction, action: Literal["get", "cancel"], base_url: str) -> str:
+    """`urls.get` / `urls.cancel`, unless they point away from the API host (which would be
+    sent the key): then the documented `{base_url}/v1/predictions/{id}[/cancel]`."""
+    given = (prediction.urls or {}).get(action)
+    if given and host_of(given) == host_of(base_url):
+        return given
+    suffix = "/cancel" if action == "cancel" else ""
+    return f"{base_url}/v1/predictions/{prediction.id}{suffix}"
+
+
 def map_error(
     status: int, headers: httpx.Headers, body: bytes, *, host: str, api_key: str | None
 ) -> GatewayError:
@@ -291,6 +298,11 @@ class ReplicateAdapter:
         self._base_url = (provider.base_url or DEFAULT_BASE_URL).rstrip("/")
         self._host = host_of(self._base_url)
         self._timeout_s = provider.timeout_s
+        # Resolved once, so a bad option stops start-up instead of failing requests.
+        self._default_options = model_options(provider, "")
+        self._model_options = {
+            model: model_options(provider, model) for model in provider.options.get("models") or {}
+        }
 
     async def generate(
         self,
@@ -300,7 +312,7 @@ class ReplicateAdapter:
         on_partial: PartialSink | None = None,
     ) -> AdapterResult:
         # Predictions have no partial images for image models: `on_partial` is never called.
-        options = model_options(self._provider, upstream_model)
+        options = self._model_options.get(upstream_model, self._default_options)
         try:
             with anyio.fail_after(self._timeout_s):
                 if request.n > 1 and not options.num_outputs_field:
@@ -342,7 +354,7 @@ class ReplicateAdapter:
             seed=seed,
         )
         limit = self._context.max_download_bytes * n * 4 // 3 + _JSON_OVERHEAD_BYTES
-        prediction = await self._send("POST", call.url, call.headers, call.json, limit)
+        prediction = await self._send("POST", call.url, limit, headers=call.headers, json=call.json)
         key = self._provider.api_key
         urls = prediction_outcome(prediction, api_key=key, early_output=True)
         if urls is None:
@@ -350,7 +362,7 @@ class ReplicateAdapter:
 
             async def check() -> list[str] | None:
                 nonlocal latest
-                latest = await self._send("GET", self._job_url(latest), None, None, limit)
+                latest = await self._send("GET", job_url(latest, "get", self._base_url), limit)
                 return prediction_outcome(latest, api_key=key)
 
             try:
@@ -367,20 +379,14 @@ class ReplicateAdapter:
         # Never more than was asked (and billed), whatever the model made.
         return await self._download_all(urls[:n])
 
-    def _job_url(self, prediction: Prediction, action: str = "get") -> str:
-        given = (prediction.urls or {}).get(action)
-        if given and host_of(given) == self._host:
-            return given
-        suffix = "/cancel" if action == "cancel" else ""
-        return f"{self._base_url}/v1/predictions/{prediction.id}{suffix}"
-
     async def _send(
         self,
         method: str,
         url: str,
-        headers: dict[str, str] | None,
-        json: dict[str, Any] | None,
         limit: int,
+        *,
+        headers: dict[str, str] | None = None,
+        json: dict[str, Any] | None = None,
     ) -> Prediction:
         with transport_errors(self._host, self._timeout_s):
             async with self._context.http.stream(
@@ -410,7 +416,7 @@ class ReplicateAdapter:
             suppress(httpx.HTTPError),
         ):
             await self._context.http.post(
-                self._job_url(prediction, "cancel"),
+                job_url(prediction, "cancel", self._base_url),
                 headers=auth_headers(self._provider),
                 timeout=_CANCEL_TIMEOUT_S,
             )

@@ -21,6 +21,7 @@ from app.adapters.replicate import (
     ReplicateAdapter,
     UpstreamCall,
     build_call,
+    job_url,
     map_error,
     model_options,
     output_urls,
@@ -154,6 +155,36 @@ def test_model_options_defaults() -> None:
     assert model_options(provider(), "a/b") == ModelOptions()
 
 
+@pytest.mark.parametrize(
+    ("options", "problem_text"),
+    [
+        ({"wait_s": 90}, "wait_s: Input should be less than or equal to 60"),
+        ({"poll_interval": 1}, "poll_interval: Extra inputs are not permitted"),
+        ({"models": {"a/b": {"image_list": "maybe"}}}, "for a/b: image_list"),
+    ],
+)
+@pytest.mark.anyio
+async def test_bad_options_stop_start_up(
+    context: AdapterContext, options: dict[str, object], problem_text: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(problem_text)):
+        ReplicateAdapter(provider(options=options), context)
+
+
+def test_job_urls_never_send_the_key_elsewhere() -> None:
+    base = "https://api.replicate.com"
+    own = Prediction(
+        id="p1",
+        status="processing",
+        urls={"get": f"{base}/v1/predictions/p1", "cancel": f"{base}/v1/predictions/p1/cancel"},
+    )
+    foreign = Prediction(id="p1", status="processing", urls={"get": "https://evil.test/p1"})
+
+    assert job_url(own, "cancel", base) == f"{base}/v1/predictions/p1/cancel"
+    assert job_url(foreign, "get", base) == f"{base}/v1/predictions/p1"
+    assert job_url(foreign, "cancel", base) == f"{base}/v1/predictions/p1/cancel"
+
+
 def test_output_urls_shapes() -> None:
     assert output_urls("https://x/1.png") == ["https://x/1.png"]
     assert output_urls(["https://x/1", None, 3, "https://x/2"]) == ["https://x/1", "https://x/2"]
@@ -249,12 +280,14 @@ def upstream(_server: MockReplicateUpstream) -> MockReplicateUpstream:
 
 
 def make_adapter(
-    upstream: MockReplicateUpstream, context: AdapterContext, **config: object
+    upstream: MockReplicateUpstream,
+    context: AdapterContext,
+    *,
+    options: dict[str, object] | None = None,
+    **config: object,
 ) -> ReplicateAdapter:
-    options = {**FAST, **config.pop("options", {})}  # type: ignore[dict-item]
-    return ReplicateAdapter(
-        provider(base_url=upstream.base_url, options=options, **config), context
-    )
+    settings = provider(base_url=upstream.base_url, options={**FAST, **(options or {})}, **config)
+    return ReplicateAdapter(settings, context)
 
 
 @pytest.mark.anyio
