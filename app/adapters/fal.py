@@ -32,10 +32,10 @@ at fal.ai/docs/errors; model schemas such as fal.ai/models/fal-ai/flux/dev/api):
   single-image models; a mask as `mask_url`. `options.edits` maps a generation endpoint to
   its edit endpoint and field: `{"fal-ai/x/text-to-image": {"endpoint": "fal-ai/x/edit",
   "field": "image_urls"}}` (default: the same endpoint, `image_urls`).
-- Results: `images[]` (or one `image`) of `{url, width, height, content_type}`, `url` an
-  https link or a data URI (`sync_mode: true`, which a model may declare or a client send:
-  results then stay out of fal's request history); `has_nsfw_concepts[i]` true drops image i (fal
-  returns a black image there), every image dropped is `ContentBlocked`.
+- Results: `images[]` (or one `image`) of `{url, width, height, content_type}`; `url` is an
+  https link, or a data URI under `sync_mode: true` (a model may declare it, a client may
+  send it: results then stay out of fal's request history). `has_nsfw_concepts[i]` true
+  drops image i (fal returns a black image there); every image dropped is `ContentBlocked`.
 - Errors: `{"detail": str | [{loc, msg, type, ...}]}`; `type: content_policy_violation`
   is `ContentBlocked`. A job reported `FAILED`/`CANCELED`/`ERROR` is an `UpstreamError`.
 - Polling: `options.poll_interval_s` (0.5), `options.poll_max_interval_s` (4.0); up to
@@ -119,7 +119,7 @@ class FalOptions(BaseModel):
     poll_max_interval_s: float = Field(default=4.0, gt=0)
     #: failed status polls in a row ridden out before the job is given up
     poll_error_budget: int = Field(default=3, ge=0)
-    #: how long the best-effort cancel of an abandoned job may take
+    #: how long the best-effort cancel of an abandoned job may take (past the timeout)
     cancel_timeout_s: float = Field(default=5.0, gt=0)
     edits: dict[str, EditRoute] = Field(default_factory=dict)
     #: endpoints taking `aspect_ratio` themselves (no `image_size`), e.g. flux-pro ultra

@@ -202,7 +202,8 @@ def test_parse_status() -> None:
 
 def test_parse_output_drops_flagged_images() -> None:
     body = (
-        b'{"images": [{"url": "https://v3.fal.media/a.png"}, {"url": "https://v3.fal.media/b.png"}],'
+        b'{"images": [{"url": "https://v3.fal.media/a.png"},'
+        b' {"url": "https://v3.fal.media/b.png"}],'
         b' "has_nsfw_concepts": [true, false], "seed": 1}'
     )
     assert parse_output(body) == ["https://v3.fal.media/b.png"]
