@@ -13,13 +13,21 @@ from __future__ import annotations
 from typing import Final
 
 from app.adapters.base import AdapterContext, AdapterFactory, ImageAdapter
+from app.adapters.bfl import BflAdapter
+from app.adapters.gemini import GeminiAdapter
 from app.adapters.local_preview import LocalPreviewAdapter
 from app.adapters.openai import OpenAIAdapter
+from app.adapters.seedream import SeedreamAdapter
+from app.adapters.stability import StabilityAdapter
 from app.catalog.schema import ProviderConfig
 
 ADAPTERS: Final[dict[str, AdapterFactory]] = {
     "local-preview": LocalPreviewAdapter,
     "openai": OpenAIAdapter,
+    "gemini": GeminiAdapter,
+    "bfl": BflAdapter,
+    "stability": StabilityAdapter,
+    "seedream": SeedreamAdapter,
 }
 
 

@@ -32,6 +32,13 @@ def one_model(body: str) -> str:
 
 
 # the shipped catalog -------------------------------------------------------------------------
+#: every provider secret the shipped catalog references
+ALL_KEYS = (
+    "OPENAI_API_KEY", "XAI_API_KEY", "GEMINI_API_KEY", "BFL_API_KEY", "STABILITY_API_KEY",
+    "ARK_API_KEY",
+)  # fmt: skip
+
+
 def test_default_catalog_without_secrets_shows_only_local_preview(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -41,7 +48,7 @@ def test_default_catalog_without_secrets_shows_only_local_preview(
     assert list(catalog.providers) == ["local"]
     assert catalog.get("gpt-image-1") is None
     # one line per missing credential, naming every model it hides
-    assert len(catalog.warnings) == 2
+    assert len(catalog.warnings) == len(ALL_KEYS)
     assert any(
         "'gpt-image-1', 'dall-e-3' are hidden" in w and "OPENAI_API_KEY" in w
         for w in catalog.warnings
@@ -51,9 +58,12 @@ def test_default_catalog_without_secrets_shows_only_local_preview(
 
 
 def test_default_catalog_with_secrets_shows_everything() -> None:
-    env = {"OPENAI_API_KEY": "sk-test", "XAI_API_KEY": "xai-test"}
+    env = {name: "k-test" for name in ALL_KEYS} | {"OPENAI_API_KEY": "sk-test"}
     catalog = load_catalog(REPO_CATALOG, env)
-    assert list(catalog.models) == ["local-preview", "gpt-image-1", "dall-e-3", "grok-2-image"]
+    assert list(catalog.models)[:4] == ["local-preview", "gpt-image-1", "dall-e-3", "grok-2-image"]
+    assert {"nano-banana-pro", "flux-pro-1.1", "stable-image-ultra", "seedream-4.5"} <= set(
+        catalog.models
+    )
     assert catalog.warnings == []
     assert catalog.providers["openai"].api_key == "sk-test"
     assert catalog.providers["openai"].base_url == "https://api.openai.com/v1"
