@@ -87,7 +87,11 @@ RESERVED_FIELDS: Final = frozenset(
     | {"output_format"}
     | {"stream", "partial_images", "image", "image[]", "images", "mask"}
 )
-_BLOCKED_MARKERS: Final = ("nsfw", "sensitive", "safety", "content policy", "moderat")
+# cog-flux/SD safety checkers ("NSFW content detected"), Replicate's E005 ("flagged as
+# sensitive"), partner models ("flagged by the safety system", "content policy").
+_BLOCKED_MARKERS: Final = (
+    "nsfw", "sensitive", "safety system", "safety filter", "content policy", "moderation"
+)  # fmt: skip
 _MAX_WAIT_S: Final = 60
 _CANCEL_TIMEOUT_S: Final = 5.0
 _JSON_OVERHEAD_BYTES: Final = 64 * 1024
@@ -201,8 +205,8 @@ class Prediction(BaseModel):
     id: str
     status: str
     output: Any = None
-    error: str | None = None
-    urls: dict[str, str | None] | None = None
+    error: Any = None
+    urls: dict[str, Any] | None = None
 
 
 def parse_prediction(body: bytes) -> Prediction:
@@ -235,7 +239,7 @@ def prediction_outcome(
             raise UpstreamError("provider's prediction succeeded without any image")
         return None
     if status == "failed":
-        detail = redact(prediction.error or "", [api_key]) or "no message"
+        detail = redact(str(prediction.error or ""), [api_key]) or "no message"
         if any(marker in detail.lower() for marker in _BLOCKED_MARKERS):
             raise ContentBlocked(detail)
         raise UpstreamError(f"provider's prediction failed: {detail}")
@@ -248,7 +252,7 @@ def job_url(prediction: Prediction, action: Literal["get", "cancel"], base_url: 
     """`urls.get` / `urls.cancel`, unless they point away from the API host (which would be
     sent the key): then the documented `{base_url}/v1/predictions/{id}[/cancel]`."""
     given = (prediction.urls or {}).get(action)
-    if given and host_of(given) == host_of(base_url):
+    if isinstance(given, str) and given and host_of(given) == host_of(base_url):
         return given
     suffix = "/cancel" if action == "cancel" else ""
     return f"{base_url}/v1/predictions/{prediction.id}{suffix}"
