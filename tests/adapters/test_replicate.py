@@ -246,6 +246,7 @@ def test_parse_prediction_rejects_garbage() -> None:
         (429, UpstreamUnavailable, True, "rate limiting"),
         (503, UpstreamUnavailable, True, "overloaded"),
         (500, UpstreamError, True, "failed \\(HTTP 500\\)"),
+        (504, UpstreamTimeout, True, "timed out"),
     ],
 )
 def test_map_error(status: int, kind: type[UpstreamError], retryable: bool, text: str) -> None:
