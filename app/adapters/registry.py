@@ -14,9 +14,11 @@ from typing import Final
 
 from app.adapters.base import AdapterContext, AdapterFactory, ImageAdapter
 from app.adapters.bfl import BflAdapter
+from app.adapters.fal import FalAdapter
 from app.adapters.gemini import GeminiAdapter
 from app.adapters.local_preview import LocalPreviewAdapter
 from app.adapters.openai import OpenAIAdapter
+from app.adapters.replicate import ReplicateAdapter
 from app.adapters.seedream import SeedreamAdapter
 from app.adapters.stability import StabilityAdapter
 from app.catalog.schema import ProviderConfig
@@ -28,6 +30,8 @@ ADAPTERS: Final[dict[str, AdapterFactory]] = {
     "bfl": BflAdapter,
     "stability": StabilityAdapter,
     "seedream": SeedreamAdapter,
+    "fal": FalAdapter,
+    "replicate": ReplicateAdapter,
 }
 
 

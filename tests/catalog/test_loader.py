@@ -35,7 +35,7 @@ def one_model(body: str) -> str:
 #: every provider secret the shipped catalog references
 ALL_KEYS = (
     "OPENAI_API_KEY", "XAI_API_KEY", "GEMINI_API_KEY", "BFL_API_KEY", "STABILITY_API_KEY",
-    "ARK_API_KEY",
+    "ARK_API_KEY", "FAL_KEY", "REPLICATE_API_TOKEN",
 )  # fmt: skip
 
 
