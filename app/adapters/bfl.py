@@ -61,7 +61,7 @@ from app.adapters.upstream_http import (
     host_of,
     read_limited,
     redact,
-    retry_after,
+    status_error,
     transport_errors,
 )
 from app.catalog.schema import ProviderConfig
@@ -284,26 +284,14 @@ def map_error(
 ) -> GatewayError:
     """A non-2xx BFL answer -> the gateway error the client (and the router) sees."""
     detail = redact(_error_message(body), [api_key]) or "no message"
-    if status in (401, 403):
-        # Never echo the provider's text here: it may quote the rejected key.
-        return UpstreamError(f"{host} rejected the gateway's credentials (HTTP {status})")
     if status == 402:
         # Out of credits on this BFL account: another route (account) may still have some.
         return UpstreamError(f"{host} refused the job: insufficient credits (HTTP 402)")
-    if status in (429, 503):
-        return UpstreamUnavailable(
-            f"{host} is rate limiting or overloaded (HTTP {status}): {detail}",
-            retry_after=retry_after(headers) or _body_retry_after(body),
-        )
-    if status in (408, 504):
-        return UpstreamTimeout(f"{host} timed out (HTTP {status}): {detail}")
-    if 400 <= status < 500 and "moderat" in detail.lower():
+    if status not in (401, 403, 408, 429) and 400 <= status < 500 and "moderat" in detail.lower():
         return ContentBlocked(detail)
-    if 400 <= status < 500:
-        error = UpstreamError(f"{host} rejected the request (HTTP {status}): {detail}")
-        error.retryable = False  # the same request would be rejected again
-        return error
-    return UpstreamError(f"{host} failed (HTTP {status}): {detail}")
+    return status_error(
+        status, headers, host=host, detail=detail, fallback_retry_after=_body_retry_after(body)
+    )
 
 
 def _error_message(body: bytes) -> str:

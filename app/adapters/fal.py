@@ -70,7 +70,7 @@ from app.adapters.upstream_http import (
     host_of,
     read_limited,
     redact,
-    retry_after,
+    status_error,
     transport_errors,
 )
 from app.catalog.schema import ProviderConfig
@@ -295,23 +295,9 @@ def map_error(
         payload = body[:200].decode("utf-8", "replace")
     detail = payload.get("detail", payload) if isinstance(payload, dict) else payload
     message = redact(_message(detail), [api_key]) or "no message"
-    if status in (401, 403):
-        # Never echo the provider's text here: it may quote the rejected key.
-        return UpstreamError(f"{host} rejected the gateway's credentials (HTTP {status})")
-    if _is_moderation(detail):
+    if status not in (401, 403) and _is_moderation(detail):
         return ContentBlocked(message)
-    if status in (429, 503):
-        return UpstreamUnavailable(
-            f"{host} is rate limiting or overloaded (HTTP {status}): {message}",
-            retry_after=retry_after(headers),
-        )
-    if status in (408, 504):
-        return UpstreamTimeout(f"{host} timed out (HTTP {status}): {message}")
-    if 400 <= status < 500:
-        error = UpstreamError(f"{host} rejected the request (HTTP {status}): {message}")
-        error.retryable = False  # the same input would be rejected again
-        return error
-    return UpstreamError(f"{host} failed (HTTP {status}): {message}")
+    return status_error(status, headers, host=host, detail=message)
 
 
 def _message(detail: Any) -> str:

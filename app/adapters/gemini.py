@@ -63,7 +63,7 @@ from app.adapters.upstream_http import (
     host_of,
     read_limited,
     redact,
-    retry_after,
+    status_error,
     transport_errors,
 )
 from app.catalog.schema import ProviderConfig
@@ -72,7 +72,6 @@ from app.errors import (
     GatewayError,
     UpstreamError,
     UpstreamTimeout,
-    UpstreamUnavailable,
 )
 from app.images.codec import ImageError, decode_b64, encode_b64, sniff_format
 
@@ -352,23 +351,22 @@ def map_error(
     """A non-2xx answer (`{"error": {"code", "message", "status", "details"}}`) -> our error."""
     message, rpc_status, details = _error_fields(body)
     reasons = {d.get("reason") for d in details}
-    if status in (401, 403) or "API_KEY_INVALID" in reasons:
-        # Never echo Google's text here: it may quote the rejected key.
+    if "API_KEY_INVALID" in reasons:
+        # Google answers a bad key with 400 INVALID_ARGUMENT: treat it like a 401/403 (and
+        # never echo Google's text, which may quote the rejected key).
         return UpstreamError(f"{host} rejected the gateway's credentials (HTTP {status})")
     label = f"HTTP {status} {rpc_status}" if rpc_status else f"HTTP {status}"
+    if status in (401, 403):
+        label = f"HTTP {status}"
     detail = redact(message, [api_key]) or "no message"
-    if status in (429, 503):
-        return UpstreamUnavailable(
-            f"{host} is rate limiting or overloaded ({label}): {detail}",
-            retry_after=retry_after(headers) or _retry_delay(details),
-        )
-    if status in (408, 504):
-        return UpstreamTimeout(f"{host} timed out ({label}): {detail}")
-    if 400 <= status < 500:
-        error = UpstreamError(f"{host} rejected the request ({label}): {detail}")
-        error.retryable = False  # the same request would be rejected again
-        return error
-    return UpstreamError(f"{host} failed ({label}): {detail}")
+    return status_error(
+        status,
+        headers,
+        host=host,
+        detail=detail,
+        label=label,
+        fallback_retry_after=_retry_delay(details),
+    )
 
 
 def _error_fields(body: bytes) -> tuple[str, str | None, list[dict[str, Any]]]:

@@ -53,7 +53,7 @@ from app.adapters.upstream_http import (
     host_of,
     read_limited,
     redact,
-    retry_after,
+    status_error,
     transport_errors,
 )
 from app.catalog.schema import ProviderConfig
@@ -62,7 +62,6 @@ from app.errors import (
     GatewayError,
     UpstreamError,
     UpstreamTimeout,
-    UpstreamUnavailable,
 )
 from app.images.codec import ImageError, decode_b64, sniff_format
 
@@ -244,23 +243,9 @@ def map_error(
     """A non-2xx upstream answer -> the gateway error the client (and the router) sees."""
     message, err_type, code = _error_fields(body)
     detail = redact(message, [api_key]) or "no message"
-    if status in (401, 403):
-        # Never echo the provider's text here: it often quotes (part of) the rejected key.
-        return UpstreamError(f"{host} rejected the gateway's credentials (HTTP {status})")
     if status == 400 and _is_moderation(message, err_type, code):
         return ContentBlocked(detail)
-    if status in (429, 503):
-        return UpstreamUnavailable(
-            f"{host} is rate limiting or overloaded (HTTP {status}): {detail}",
-            retry_after=retry_after(headers),
-        )
-    if status in (408, 504):
-        return UpstreamTimeout(f"{host} timed out (HTTP {status}): {detail}")
-    if 400 <= status < 500:
-        error = UpstreamError(f"{host} rejected the request (HTTP {status}): {detail}")
-        error.retryable = False  # the same request would be rejected again
-        return error
-    return UpstreamError(f"{host} failed (HTTP {status}): {detail}")
+    return status_error(status, headers, host=host, detail=detail)
 
 
 def _error_fields(body: bytes) -> tuple[str, str | None, str | None]:

@@ -66,7 +66,7 @@ from app.adapters.upstream_http import (
     host_of,
     read_limited,
     redact,
-    retry_after,
+    status_error,
     transport_errors,
 )
 from app.catalog.schema import ProviderConfig
@@ -75,7 +75,6 @@ from app.errors import (
     GatewayError,
     UpstreamError,
     UpstreamTimeout,
-    UpstreamUnavailable,
 )
 from app.images.codec import sniff_format
 
@@ -263,23 +262,10 @@ def map_error(
 ) -> GatewayError:
     """A non-2xx API answer -> the gateway error the client (and the router) sees."""
     detail = redact(_problem_detail(body), [api_key]) or "no message"
-    if status in (401, 403):
-        # Never echo the provider's text here: it may quote the rejected token.
-        return UpstreamError(f"{host} rejected the gateway's credentials (HTTP {status})")
     if status == 402:
+        # Out of credit on this account: another route (account) may still have some.
         return UpstreamError(f"{host} refused the gateway's account (HTTP 402): {detail}")
-    if status in (429, 503):
-        return UpstreamUnavailable(
-            f"{host} is rate limiting or overloaded (HTTP {status}): {detail}",
-            retry_after=retry_after(headers),
-        )
-    if status in (408, 504):
-        return UpstreamTimeout(f"{host} timed out (HTTP {status}): {detail}")
-    if 400 <= status < 500:
-        error = UpstreamError(f"{host} rejected the request (HTTP {status}): {detail}")
-        error.retryable = False  # the same input would be rejected again
-        return error
-    return UpstreamError(f"{host} failed (HTTP {status}): {detail}")
+    return status_error(status, headers, host=host, detail=detail)
 
 
 def _problem_detail(body: bytes) -> str:

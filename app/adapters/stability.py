@@ -66,7 +66,7 @@ from app.adapters.base import (
     UpstreamImage,
 )
 from app.adapters.concurrency import settle, successes
-from app.adapters.upstream_http import host_of, read_limited, redact, retry_after, transport_errors
+from app.adapters.upstream_http import host_of, read_limited, redact, status_error, transport_errors
 from app.catalog.schema import ProviderConfig
 from app.errors import (
     ContentBlocked,
@@ -74,7 +74,6 @@ from app.errors import (
     InvalidParameter,
     UpstreamError,
     UpstreamTimeout,
-    UpstreamUnavailable,
 )
 from app.images.codec import ImageError, decode_b64, encode, sniff_format
 
@@ -266,22 +265,9 @@ def map_error(
     name, message = _error_fields(body)
     detail = redact(message, [api_key]) or "no message"
     if name == _MODERATION and 400 <= status < 500:
+        # Stability refuses moderated content with 403: check it before the credentials rule
         return ContentBlocked(detail)
-    if status in (401, 403):
-        # Never echo the provider's text here: it may quote (part of) the rejected key.
-        return UpstreamError(f"{host} rejected the gateway's credentials (HTTP {status})")
-    if status in (429, 503):
-        return UpstreamUnavailable(
-            f"{host} is rate limiting or overloaded (HTTP {status}): {detail}",
-            retry_after=retry_after(headers),
-        )
-    if status in (408, 504):
-        return UpstreamTimeout(f"{host} timed out (HTTP {status}): {detail}")
-    if 400 <= status < 500:
-        error = UpstreamError(f"{host} rejected the request (HTTP {status}): {detail}")
-        error.retryable = False  # the same request would be rejected again
-        return error
-    return UpstreamError(f"{host} failed (HTTP {status}): {detail}")
+    return status_error(status, headers, host=host, detail=detail)
 
 
 def _error_fields(body: bytes) -> tuple[str | None, str]:

@@ -21,7 +21,7 @@ from typing import Final
 
 import httpx
 
-from app.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from app.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from app.images.codec import ImageError, decode_data_uri
 
 MAX_MESSAGE_CHARS: Final = 500
@@ -121,3 +121,37 @@ def redact(message: str, secrets: Iterable[str | None] = ()) -> str:
     if len(message) > MAX_MESSAGE_CHARS:
         message = message[: MAX_MESSAGE_CHARS - 1] + "…"
     return message
+
+
+def status_error(
+    status: int,
+    headers: httpx.Headers,
+    *,
+    host: str,
+    detail: str,
+    label: str | None = None,
+    fallback_retry_after: float | None = None,
+) -> GatewayError:
+    """The HTTP-status table every adapter shares, after its provider-specific cases
+    (moderation, out-of-credit, ...): what the client and the router see.
+
+    `detail` must already be redacted. `label` defaults to "HTTP <status>" (Gemini adds the
+    RPC status); `fallback_retry_after` is a provider's own hint when no header gives one.
+    """
+    label = label or f"HTTP {status}"
+    if status in (401, 403):
+        # Never echo the provider's text here: it often quotes (part of) the rejected key.
+        # Retryable: another route may hold working credentials.
+        return UpstreamError(f"{host} rejected the gateway's credentials ({label})")
+    if status in (429, 503):
+        return UpstreamUnavailable(
+            f"{host} is rate limiting or overloaded ({label}): {detail}",
+            retry_after=retry_after(headers) or fallback_retry_after,
+        )
+    if status in (408, 504):
+        return UpstreamTimeout(f"{host} timed out ({label}): {detail}")
+    if 400 <= status < 500:
+        error = UpstreamError(f"{host} rejected the request ({label}): {detail}")
+        error.retryable = False  # the same request would be rejected again
+        return error
+    return UpstreamError(f"{host} failed ({label}): {detail}")
