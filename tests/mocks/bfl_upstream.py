@@ -43,21 +43,19 @@ import asyncio
 import hashlib
 import io
 import itertools
-import socket
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 import orjson
-import uvicorn
 from PIL import Image
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from tests.mocks.server import MockServer
 
 _ASPECT_ENDPOINTS = ("flux-pro-1.1-ultra", "flux-kontext")
 _PIL_NAMES = {"png": "PNG", "jpeg": "JPEG"}
@@ -89,8 +87,11 @@ class _Failure:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-class MockBflUpstream:
+class MockBflUpstream(MockServer):
+    label = "BFL"
+
     def __init__(self, *, api_key: str = "bfl-mock-key") -> None:
+        super().__init__()
         self.api_key = api_key
         self.pending_polls = 1
         self.foreign_polling_host = False
@@ -101,10 +102,6 @@ class MockBflUpstream:
         self._ids = itertools.count(1)
         self._failures: deque[_Failure] = deque()
         self._lock = threading.Lock()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._socket: socket.socket | None = None
-        self.port = 0
         self.app = Starlette(
             routes=[
                 Route("/v1/get_result", self._get_result, methods=["GET"]),
@@ -112,50 +109,6 @@ class MockBflUpstream:
                 Route("/delivery/{job_id}", self._delivery, methods=["GET"]),
             ]
         )
-
-    # -- lifecycle -------------------------------------------------------------------------
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> MockBflUpstream:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self._socket, self.port = sock, sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.app, lifespan="off", ws="none", log_level="warning", access_log=False
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, name="mock-bfl", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("mock BFL upstream did not start")
-            time.sleep(0.005)
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(10)
-        if self._socket is not None:
-            self._socket.close()
-        self._server = self._thread = self._socket = None
-
-    def __enter__(self) -> MockBflUpstream:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- knobs -----------------------------------------------------------------------------
     def fail_next(

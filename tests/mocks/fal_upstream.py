@@ -47,21 +47,20 @@ import base64
 import hashlib
 import io
 import itertools
-import socket
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 import orjson
-import uvicorn
 from PIL import Image
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from tests.mocks.server import MockServer
 
 NAMED_SIZES = {
     "square_hd": (1024, 1024),
@@ -97,8 +96,11 @@ def validation_error(loc: list[str], msg: str, type_: str) -> dict[str, Any]:
     return {"detail": [{"loc": ["body", *loc], "msg": msg, "type": type_}]}
 
 
-class MockFalUpstream:
+class MockFalUpstream(MockServer):
+    label = "fal"
+
     def __init__(self, *, api_key: str = "fal-mock-key") -> None:
+        super().__init__()
         self.api_key = api_key
         self.requests: list[RecordedRequest] = []
         self.jobs: dict[str, _Job] = {}
@@ -109,10 +111,6 @@ class MockFalUpstream:
         self._result_failures: deque[tuple[int, Any]] = deque()
         self._status_failures: deque[int] = deque()
         self._set_defaults()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._socket: socket.socket | None = None
-        self.base_url = ""
         jobs = "/{owner}/{alias}/requests/{request_id}"
         self.app = Starlette(
             routes=[
@@ -132,47 +130,6 @@ class MockFalUpstream:
         self.data_uris = False
         self.job_status = "COMPLETED"
         self.foreign_urls = False
-
-    # -- lifecycle -------------------------------------------------------------------------
-    def start(self) -> MockFalUpstream:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self._socket = sock
-        self.base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        config = uvicorn.Config(
-            self.app, lifespan="off", ws="none", log_level="warning", access_log=False
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, name="mock-fal", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("mock fal upstream did not start")
-            time.sleep(0.005)
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(10)
-        if self._socket is not None:
-            self._socket.close()
-        self._server = self._thread = self._socket = None
-
-    def __enter__(self) -> MockFalUpstream:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- knobs -----------------------------------------------------------------------------
     def fail_next(self, status: int, body: Any, *, headers: dict[str, str] | None = None) -> None:

@@ -47,21 +47,20 @@ import base64
 import hashlib
 import io
 import itertools
-import socket
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Literal
 
 import orjson
-import uvicorn
 from PIL import Image
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from tests.mocks.server import MockServer
 
 ImageFormat = Literal["png", "jpeg", "webp"]
 ASPECT_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
@@ -84,8 +83,11 @@ def google_error(code: int, status: str, message: str, **extra: Any) -> dict[str
     return {"error": {"code": code, "message": message, "status": status, **extra}}
 
 
-class MockGeminiUpstream:
+class MockGeminiUpstream(MockServer):
+    label = "Gemini"
+
     def __init__(self, *, api_key: str = "AIza-mock-upstream-key", scale: float = 1 / 8) -> None:
+        super().__init__()
         self.api_key = api_key
         self.scale = scale
         self.requests: list[RecordedRequest] = []
@@ -93,9 +95,6 @@ class MockGeminiUpstream:
         self._failures: deque[tuple[int, Any, dict[str, str]]] = deque()
         self._files: dict[str, tuple[bytes, str]] = {}
         self._ids = itertools.count(1)
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self.root_url = ""
         self.reset()
         self.app = Starlette(
             routes=[
@@ -103,49 +102,6 @@ class MockGeminiUpstream:
                 Route("/files/{file_id}", self._file, methods=["GET"]),
             ]
         )
-
-    @property
-    def base_url(self) -> str:
-        return self.root_url
-
-    # -- lifecycle -------------------------------------------------------------------------
-    def start(self) -> MockGeminiUpstream:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        self._socket = sock
-        self.root_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        config = uvicorn.Config(
-            self.app, lifespan="off", ws="none", log_level="warning", access_log=False
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, name="mock-gemini", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("mock Gemini upstream did not start")
-            time.sleep(0.005)
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(10)
-        self._socket.close()
-        self._server = self._thread = None
-
-    def __enter__(self) -> MockGeminiUpstream:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- knobs -----------------------------------------------------------------------------
     def reset(self) -> None:
@@ -307,13 +263,6 @@ class MockGeminiUpstream:
         if entry is None:
             return _json(404, google_error(404, "NOT_FOUND", "No such file."))
         return Response(entry[0], media_type=entry[1])
-
-    async def _sleep(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            if self._server is not None and self._server.should_exit:
-                return
-            await asyncio.sleep(min(left, 0.05))
 
 
 def _render(width: int, height: int, fmt: str, key: str) -> bytes:

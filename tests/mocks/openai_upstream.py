@@ -47,22 +47,21 @@ import hashlib
 import io
 import itertools
 import random
-import socket
 import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Literal
 
 import orjson
-import uvicorn
 from PIL import Image
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.mocks.server import MockServer
 
 ImageFormat = Literal["png", "jpeg", "webp"]
 _PIL_NAMES = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
@@ -96,7 +95,10 @@ def openai_error(
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-class MockOpenAIUpstream:
+class MockOpenAIUpstream(MockServer):
+    label = "OpenAI"
+    graceful_shutdown_s = 1
+
     def __init__(
         self,
         *,
@@ -111,6 +113,7 @@ class MockOpenAIUpstream:
         chunked_files: bool = False,
         loop: str = "auto",
     ) -> None:
+        super().__init__(loop=loop)
         self.api_key = api_key
         self.mode = mode
         self.image_format = image_format
@@ -136,11 +139,6 @@ class MockOpenAIUpstream:
         self._files: dict[str, tuple[bytes, str]] = {}
         self._file_ids = itertools.count(1)
         self._cache: dict[tuple[int, int, str], tuple[bytes, str]] = {}
-        self._loop = loop
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._socket: socket.socket | None = None
-        self.root_url = ""
         self.app = Starlette(
             routes=[
                 Route("/{prefix:path}/images/generations", self._generations, methods=["POST"]),
@@ -149,56 +147,9 @@ class MockOpenAIUpstream:
             ]
         )
 
-    # -- lifecycle -------------------------------------------------------------------------
     @property
     def base_url(self) -> str:
         return f"{self.root_url}/v1"
-
-    def start(self) -> MockOpenAIUpstream:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self._socket = sock
-        self.root_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        config = uvicorn.Config(
-            self.app,
-            loop=self._loop,
-            lifespan="off",
-            ws="none",
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=1,
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, name="mock-openai", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("mock OpenAI upstream did not start")
-            time.sleep(0.005)
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(10)
-        if self._socket is not None:
-            self._socket.close()
-        self._server = self._thread = self._socket = None
-
-    def __enter__(self) -> MockOpenAIUpstream:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- knobs -----------------------------------------------------------------------------
     def fail_next(
@@ -416,14 +367,6 @@ class MockOpenAIUpstream:
                 self._cache[(width, height, fmt)] = cached
             return cached
         return await asyncio.to_thread(_render, width, height, fmt, key)
-
-    async def _sleep(self, seconds: float) -> None:
-        # Short naps, so stopping the server never waits on a long simulated latency.
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            if self._server is not None and self._server.should_exit:
-                return
-            await asyncio.sleep(min(left, 0.05))
 
 
 def _render(width: int, height: int, fmt: str, key: str) -> tuple[bytes, str]:

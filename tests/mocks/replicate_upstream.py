@@ -46,20 +46,18 @@ import asyncio
 import hashlib
 import io
 import itertools
-import socket
 import threading
-import time
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 import orjson
-import uvicorn
 from PIL import Image
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from tests.mocks.server import MockServer
 
 ASPECT_RATIOS = ("1:1", "16:9", "21:9", "3:2", "2:3", "4:5", "5:4", "3:4", "4:3", "9:16", "9:21")
 _PIL_NAMES = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
@@ -97,8 +95,11 @@ def problem(status: int, title: str, detail: str) -> dict[str, Any]:
     return {"type": None, "title": title, "status": status, "detail": detail}
 
 
-class MockReplicateUpstream:
+class MockReplicateUpstream(MockServer):
+    label = "Replicate"
+
     def __init__(self, *, api_key: str = "r8_mock-upstream-token") -> None:
+        super().__init__()
         self.api_key = api_key
         self.processing_polls: int | None = 0
         self.early_output = False
@@ -110,10 +111,6 @@ class MockReplicateUpstream:
         self._files: dict[str, tuple[bytes, str]] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._socket: socket.socket | None = None
-        self.base_url = ""
         self.app = Starlette(
             routes=[
                 Route("/v1/models/{owner}/{name}/predictions", self._create, methods=["POST"]),
@@ -123,40 +120,6 @@ class MockReplicateUpstream:
                 Route("/files/{file_id}", self._file, methods=["GET"]),
             ]
         )
-
-    # -- lifecycle -------------------------------------------------------------------------
-    def __enter__(self) -> MockReplicateUpstream:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self._socket = sock
-        self.base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        config = uvicorn.Config(
-            self.app, lifespan="off", ws="none", log_level="warning", access_log=False
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, name="mock-replicate", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("mock Replicate upstream did not start")
-            time.sleep(0.005)
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(10)
-        if self._socket is not None:
-            self._socket.close()
 
     # -- knobs -----------------------------------------------------------------------------
     def fail_next(

@@ -42,17 +42,13 @@ from __future__ import annotations
 
 import asyncio
 import io
-import socket
 import threading
-import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import orjson
-import uvicorn
 from PIL import Image
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -60,6 +56,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tests.mocks.openai_upstream import RecordedRequest, _parse_multipart, _render
+from tests.mocks.server import MockServer
 
 ASPECT_RATIOS = ("16:9", "1:1", "21:9", "2:3", "3:2", "4:5", "5:4", "9:16", "9:21")
 FORMATS = ("png", "jpeg", "webp")
@@ -82,70 +79,24 @@ def stability_error(status: int, name: str, *errors: str) -> Response:
     return Response(orjson.dumps(body), status, media_type="application/json")
 
 
-class MockStabilityUpstream:
+class MockStabilityUpstream(MockServer):
+    label = "Stability"
+    graceful_shutdown_s = 1
+
     def __init__(self, *, api_key: str = "sk-mock-stability-key", latency_s: float = 0.0) -> None:
+        super().__init__()
         self.api_key = api_key
         self.latency_s = latency_s
         self._default_latency_s = latency_s
         self.requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
         self._failures: deque[_Failure] = deque()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._socket: socket.socket | None = None
-        self.base_url = ""
         self.app = Starlette(
             routes=[
                 Route("/v2beta/stable-image/generate/{model}", self._handle, methods=["POST"]),
                 Route("/v2beta/stable-image/edit/{model}", self._handle, methods=["POST"]),
             ]
         )
-
-    # -- lifecycle -------------------------------------------------------------------------
-    def start(self) -> MockStabilityUpstream:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self._socket = sock
-        self.base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        config = uvicorn.Config(
-            self.app,
-            lifespan="off",
-            ws="none",
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=1,
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, name="mock-stability", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("mock Stability upstream did not start")
-            time.sleep(0.005)
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(10)
-        if self._socket is not None:
-            self._socket.close()
-        self._server = self._thread = self._socket = None
-
-    def __enter__(self) -> MockStabilityUpstream:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- knobs -----------------------------------------------------------------------------
     def fail_next(
@@ -223,14 +174,6 @@ class MockStabilityUpstream:
             return Response(orjson.dumps(body), media_type=f"application/json; type=image/{fmt}")
         headers = {"finish-reason": finish_reason, "seed": str(seed)}
         return Response(data, headers=headers, media_type=f"image/{fmt}")
-
-    async def _sleep(self, seconds: float) -> None:
-        # Short naps, so stopping the server never waits on a long simulated latency.
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            if self._server is not None and self._server.should_exit:
-                return
-            await asyncio.sleep(min(left, 0.05))
 
 
 def _validate(endpoint: str, recorded: RecordedRequest) -> Response | None:
