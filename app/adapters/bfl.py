@@ -42,7 +42,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-import anyio
 import httpx
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -57,6 +56,7 @@ from app.adapters.base import (
 from app.adapters.concurrency import settle, successes
 from app.adapters.polling import poll
 from app.adapters.upstream_http import (
+    deadline,
     download,
     host_of,
     read_limited,
@@ -349,15 +349,10 @@ class BflAdapter:
     ) -> AdapterResult:
         # BFL has no partial images. One deadline for everything (submit, polling,
         # downloads): a job left Pending forever must still end as a 504.
-        try:
-            with anyio.fail_after(self._timeout_s):
-                outcomes = await settle(
-                    [self._job(request, upstream_model, i) for i in range(request.n)]
-                )
-        except TimeoutError as exc:
-            raise UpstreamTimeout(
-                f"{self._host} did not finish within {self._timeout_s:g} s"
-            ) from exc
+        with deadline(self._host, self._timeout_s):
+            outcomes = await settle(
+                [self._job(request, upstream_model, i) for i in range(request.n)]
+            )
         return AdapterResult(images=successes(outcomes))
 
     def _job(

@@ -66,6 +66,7 @@ from app.adapters.base import (
 from app.adapters.concurrency import settle, successes
 from app.adapters.polling import poll
 from app.adapters.upstream_http import (
+    deadline,
     download,
     host_of,
     read_limited,
@@ -346,13 +347,8 @@ class FalAdapter:
         on_partial: PartialSink | None = None,
     ) -> AdapterResult:
         # fal's queue has no partial images: a streaming client gets the finished ones.
-        try:
-            with anyio.fail_after(self._timeout_s):
-                return await self._run(request, upstream_model)
-        except TimeoutError as exc:
-            raise UpstreamTimeout(
-                f"{self._host} did not finish the job within {self._timeout_s:g} s"
-            ) from exc
+        with deadline(self._host, self._timeout_s):
+            return await self._run(request, upstream_model)
 
     async def _run(self, request: ImageRequest, upstream_model: str) -> AdapterResult:
         call = build_submit(

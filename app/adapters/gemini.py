@@ -42,7 +42,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-import anyio
 import httpx
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -59,6 +58,7 @@ from app.adapters.base import (
 from app.adapters.concurrency import settle, successes
 from app.adapters.openai import UpstreamCall, sum_usage
 from app.adapters.upstream_http import (
+    deadline,
     download,
     host_of,
     read_limited,
@@ -71,7 +71,6 @@ from app.errors import (
     ContentBlocked,
     GatewayError,
     UpstreamError,
-    UpstreamTimeout,
 )
 from app.images.codec import ImageError, decode_b64, encode_b64, sniff_format
 
@@ -422,13 +421,8 @@ class GeminiAdapter:
     ) -> AdapterResult:
         # No partial images: Gemini's interim "thought" images are not previews of the result.
         # One deadline for every call and download: httpx's timeout is per read.
-        try:
-            with anyio.fail_after(self._timeout_s):
-                return await self._generate(request, upstream_model)
-        except TimeoutError as exc:
-            raise UpstreamTimeout(
-                f"{self._host} did not answer within {self._timeout_s:g} s"
-            ) from exc
+        with deadline(self._host, self._timeout_s):
+            return await self._generate(request, upstream_model)
 
     async def _generate(self, request: ImageRequest, upstream_model: str) -> AdapterResult:
         def one(index: int) -> Callable[[], Awaitable[AdapterResult]]:

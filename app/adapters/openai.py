@@ -34,7 +34,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import anyio
 import httpx
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -49,6 +48,7 @@ from app.adapters.base import (
 )
 from app.adapters.concurrency import settle, successes
 from app.adapters.upstream_http import (
+    deadline,
     download,
     host_of,
     read_limited,
@@ -61,7 +61,6 @@ from app.errors import (
     ContentBlocked,
     GatewayError,
     UpstreamError,
-    UpstreamTimeout,
 )
 from app.images.codec import ImageError, decode_b64, sniff_format
 
@@ -296,15 +295,10 @@ class OpenAIAdapter:
         #
         # One deadline for the whole call (request, body, downloads): httpx's own timeout
         # is per read, so a server trickling bytes would otherwise never time out.
-        try:
-            with anyio.fail_after(self._timeout_s):
-                if self._fan_out and request.n > 1:
-                    return await self._fan_out_calls(request, upstream_model)
-                return await self._call(request, upstream_model, n=request.n, seed=request.seed)
-        except TimeoutError as exc:
-            raise UpstreamTimeout(
-                f"{self._host} did not answer within {self._timeout_s:g} s"
-            ) from exc
+        with deadline(self._host, self._timeout_s):
+            if self._fan_out and request.n > 1:
+                return await self._fan_out_calls(request, upstream_model)
+            return await self._call(request, upstream_model, n=request.n, seed=request.seed)
 
     async def _fan_out_calls(self, request: ImageRequest, upstream_model: str) -> AdapterResult:
         def one(index: int) -> Callable[[], Awaitable[AdapterResult]]:

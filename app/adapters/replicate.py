@@ -62,6 +62,7 @@ from app.adapters.base import (
 from app.adapters.concurrency import settle, successes
 from app.adapters.polling import poll
 from app.adapters.upstream_http import (
+    deadline,
     download,
     host_of,
     read_limited,
@@ -74,7 +75,6 @@ from app.errors import (
     ContentBlocked,
     GatewayError,
     UpstreamError,
-    UpstreamTimeout,
 )
 from app.images.codec import sniff_format
 
@@ -303,18 +303,13 @@ class ReplicateAdapter:
     ) -> AdapterResult:
         # Predictions have no partial images for image models: `on_partial` is never called.
         options = self._model_options.get(upstream_model, self._default_options)
-        try:
-            with anyio.fail_after(self._timeout_s):
-                if request.n > 1 and not options.num_outputs_field:
-                    return await self._fan_out(request, upstream_model, options)
-                images = await self._predict(
-                    request, upstream_model, options, n=request.n, seed=request.seed
-                )
-                return AdapterResult(images=images)
-        except TimeoutError as exc:
-            raise UpstreamTimeout(
-                f"{self._host} did not finish within {self._timeout_s:g} s"
-            ) from exc
+        with deadline(self._host, self._timeout_s):
+            if request.n > 1 and not options.num_outputs_field:
+                return await self._fan_out(request, upstream_model, options)
+            images = await self._predict(
+                request, upstream_model, options, n=request.n, seed=request.seed
+            )
+            return AdapterResult(images=images)
 
     async def _fan_out(
         self, request: ImageRequest, upstream_model: str, options: ModelOptions

@@ -49,7 +49,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Literal
 
-import anyio
 import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -74,6 +73,7 @@ from app.adapters.openai import (
 )
 from app.adapters.openai import map_error as map_openai_error
 from app.adapters.upstream_http import (
+    deadline,
     download,
     host_of,
     read_limited,
@@ -86,7 +86,6 @@ from app.errors import (
     GatewayError,
     InvalidParameter,
     UpstreamError,
-    UpstreamTimeout,
 )
 from app.images.codec import ImageError, data_uri, decode_b64, encode_b64, sniff_format
 
@@ -283,16 +282,11 @@ class SeedreamAdapter:
             )
         # One deadline for the whole call (request, body, downloads): httpx's own timeout
         # is per read, so a server trickling bytes would otherwise never time out.
-        try:
-            with anyio.fail_after(self._timeout_s):
-                max_images = batch_size(request, self._n_mode)
-                if request.n > 1 and max_images == 1:
-                    return await self._fan_out_calls(request, upstream_model)
-                result = await self._call(request, upstream_model, max_images, request.seed)
-        except TimeoutError as exc:
-            raise UpstreamTimeout(
-                f"{self._host} did not answer within {self._timeout_s:g} s"
-            ) from exc
+        with deadline(self._host, self._timeout_s):
+            max_images = batch_size(request, self._n_mode)
+            if request.n > 1 and max_images == 1:
+                return await self._fan_out_calls(request, upstream_model)
+            result = await self._call(request, upstream_model, max_images, request.seed)
         # Batch mode: never more than asked for (the hold covers `n` images).
         return AdapterResult(result.images[: request.n], result.usage)
 

@@ -66,14 +66,20 @@ from app.adapters.base import (
     UpstreamImage,
 )
 from app.adapters.concurrency import settle, successes
-from app.adapters.upstream_http import host_of, read_limited, redact, status_error, transport_errors
+from app.adapters.upstream_http import (
+    deadline,
+    host_of,
+    read_limited,
+    redact,
+    status_error,
+    transport_errors,
+)
 from app.catalog.schema import ProviderConfig
 from app.errors import (
     ContentBlocked,
     GatewayError,
     InvalidParameter,
     UpstreamError,
-    UpstreamTimeout,
 )
 from app.images.codec import ImageError, decode_b64, encode, sniff_format
 
@@ -312,13 +318,8 @@ class StabilityAdapter:
         if request.images and request.mask is not None:
             mask = request.mask
             request = replace(request, mask=await anyio.to_thread.run_sync(stability_mask, mask))
-        try:
-            with anyio.fail_after(self._timeout_s):
-                outcomes = await settle([one(i) for i in range(request.n)])
-        except TimeoutError as exc:
-            raise UpstreamTimeout(
-                f"{self._host} did not answer within {self._timeout_s:g} s"
-            ) from exc
+        with deadline(self._host, self._timeout_s):
+            outcomes = await settle([one(i) for i in range(request.n)])
         return AdapterResult(images=successes(outcomes))
 
     async def _call(

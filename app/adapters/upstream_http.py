@@ -19,6 +19,7 @@ from email.utils import parsedate_to_datetime
 from time import time
 from typing import Final
 
+import anyio
 import httpx
 
 from app.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
@@ -35,6 +36,20 @@ def host_of(url: str) -> str:
     """`host[:port]` of a URL, for messages: never the scheme's userinfo or the query."""
     parsed = httpx.URL(url)
     return f"{parsed.host}:{parsed.port}" if parsed.port else parsed.host
+
+
+@contextmanager
+def deadline(host: str, timeout_s: float) -> Iterator[None]:
+    """One bound on a whole adapter call (fan-out, polling, downloads), as a 504.
+
+    httpx's own timeouts are per read: a server trickling bytes, or a job left pending
+    forever, would otherwise never time out.
+    """
+    try:
+        with anyio.fail_after(timeout_s):
+            yield
+    except TimeoutError as exc:
+        raise UpstreamTimeout(f"{host} did not answer within {timeout_s:g} s") from exc
 
 
 @contextmanager
