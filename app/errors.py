@@ -99,6 +99,14 @@ class InsufficientBalance(GatewayError):
     default_code = "INSUFFICIENT_BALANCE"
 
 
+class BudgetExceeded(GatewayError):
+    """The key's spend limit for a period would be exceeded (SPEC 9)."""
+
+    status = 402
+    type = "insufficient_quota"
+    default_code = "BUDGET_EXCEEDED"
+
+
 class PermissionDenied(GatewayError):
     """403: KEY_REVOKED, KEY_EXPIRED, MODEL_NOT_ALLOWED, ACCOUNT_SUSPENDED (pass `code`)."""
 

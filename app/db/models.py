@@ -10,6 +10,10 @@ Money columns are BIGINT micro-dollars (`*_micros`); see `app.money`.
   together with its charge and moved to `settled` afterwards; the sweeper refunds rows that
   stay `pending` past the hold timeout (their process died).
 - `idempotency_records`: stored responses for `Idempotency-Key` replays (24 h).
+- `key_budgets`: a key's spend limits, one row per period (`day`, `month`, `total`).
+- `key_spend`: what a budgeted key has spent per budget window (`day:2026-12-02`,
+  `month:2026-12`, `total`); moved by the hold and the refund in the same unit of work as the
+  balance (`app.ledger.budgets`), so a counter is exact the way the balance is.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ class Account(Base):
     name: Mapped[str] = mapped_column(String(200))
     balance_micros: Mapped[int] = mapped_column(BigInteger, default=0)
     status: Mapped[str] = mapped_column(String(20), default="active")
+    #: IANA zone of the account's calendar (day/month budget windows)
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC", server_default="UTC")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
@@ -110,8 +116,31 @@ class RequestLog(Base):
     cost_micros: Mapped[int] = mapped_column(BigInteger, default=0)
     latency_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
     user: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    #: the key_spend windows this request's hold counted against, comma-separated (refunds
+    #: give the budget back to exactly these); None: the key had no budget
+    budget_windows: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class KeyBudget(Base):
+    __tablename__ = "key_budgets"
+
+    key_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    period: Mapped[str] = mapped_column(String(10), primary_key=True)  # day | month | total
+    amount_micros: Mapped[int] = mapped_column(BigInteger)
+
+
+class KeySpend(Base):
+    __tablename__ = "key_spend"
+    __table_args__ = (CheckConstraint("spent_micros >= 0", name="ck_key_spend_nonneg"),)
+
+    key_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    #: "day:YYYY-MM-DD" / "month:YYYY-MM" in the account's time zone, or "total"
+    window: Mapped[str] = mapped_column(String(20), primary_key=True)
+    #: the budget amount in force at the last hold (the check compares against it)
+    limit_micros: Mapped[int] = mapped_column(BigInteger)
+    spent_micros: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class IdempotencyRecord(Base):

@@ -18,8 +18,14 @@ Why they are atomic and race-free under READ COMMITTED:
 - `UPDATE request_log ... WHERE state = 'pending'` is the once-only switch of settle and sweep:
   whichever statement flips the row first refunds; the other sees no row and does nothing.
   UNIQUE(request_id, kind) on the ledger backs this up (at most one refund per request).
-- Lock order is always request_log row, then accounts row; a hold locks only the account (its
-  request_log row is new), so these statements cannot deadlock with each other.
+- Lock order is always request_log row, then key_spend rows, then accounts row; a hold locks
+  only the account (its request_log row is new), a budgeted hold first its key_spend rows
+  (`app.ledger.budgets`), so these statements do not deadlock with each other. In FINISH the
+  accounts UPDATE reads `(SELECT count(*) FROM spend_back)`: that initplan runs before the
+  accounts row is updated, which makes the key_spend refund happen first.
+- A key with budgets must take the budgeted path: the fast HOLD refuses it (`NOT EXISTS
+  key_budgets`, an index probe) unless `:budgeted`, so a budget added a moment ago is never
+  skipped by a process whose caches think the key has none.
 
 `"user"` is quoted: it is a reserved word in Postgres. Parameters are CAST where Postgres
 could not infer their type from the context.
@@ -40,6 +46,8 @@ WITH usable_key AS (
     WHERE id = :key_id AND account_id = :account_id AND revoked_at IS NULL
       AND (expires_at IS NULL OR expires_at > now())
       AND (CAST(:key_hash AS TEXT) IS NULL OR key_hash = CAST(:key_hash AS TEXT))
+      AND (CAST(:budgeted AS BOOLEAN)
+           OR NOT EXISTS (SELECT 1 FROM key_budgets WHERE key_id = :key_id))
 ),
 debited AS (
     UPDATE accounts SET balance_micros = balance_micros - CAST(:amount AS BIGINT)
@@ -58,9 +66,9 @@ charged AS (
 logged AS (
     INSERT INTO request_log
         (id, client_request_id, account_id, key_id, model, endpoint, state, images,
-         held_micros, cost_micros, "user")
+         held_micros, cost_micros, "user", budget_windows)
     SELECT :request_id, :client_request_id, :account_id, :key_id, :model, :endpoint,
-           'pending', 0, CAST(:amount AS BIGINT), 0, :user
+           'pending', 0, CAST(:amount AS BIGINT), 0, :user, CAST(:budget_windows AS TEXT)
     FROM debited
 )
 SELECT balance_micros FROM debited"""
@@ -76,13 +84,22 @@ WITH finished AS (
         images = :images, status_code = :status_code, error_code = :error_code,
         latency_ms = :latency_ms, finished_at = now()
     WHERE id = :request_id AND state = 'pending'
-    RETURNING account_id, key_id, model, held_micros, cost_micros
+    RETURNING account_id, key_id, model, held_micros, cost_micros, budget_windows
+),
+spend_back AS (
+    UPDATE key_spend AS s
+    SET spent_micros = s.spent_micros - (f.held_micros - f.cost_micros)
+    FROM finished AS f
+    WHERE f.budget_windows IS NOT NULL AND f.held_micros > f.cost_micros
+      AND s.key_id = f.key_id AND s."window" = ANY(string_to_array(f.budget_windows, ','))
+    RETURNING s."window"
 ),
 refunded AS (
     UPDATE accounts AS a
     SET balance_micros = a.balance_micros + (f.held_micros - f.cost_micros)
     FROM finished AS f
     WHERE a.id = f.account_id AND f.held_micros > f.cost_micros
+      AND (SELECT count(*) FROM spend_back) >= 0
     RETURNING a.balance_micros, f.held_micros - f.cost_micros AS refund
 ),
 logged AS (

@@ -27,7 +27,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.db.models import Account, ApiKey, LedgerEntry, RequestLog
+from app.db.models import Account, ApiKey, KeyBudget, KeySpend, LedgerEntry, RequestLog
 from app.ledger import postgres_sql
 from app.ledger.records import AccountRecord, LedgerRow, utc_now
 
@@ -78,6 +78,10 @@ class HoldRequest:
     #: the SHA-256 the caller authenticated with: a rotated secret is refused here at once,
     #: on every process, whatever a key cache still holds
     key_hash: str | None = None
+    #: False: the fast path, refused when the key has budgets. True: the caller already
+    #: counted the hold against `budget_windows` in this unit of work (`app.ledger.budgets`)
+    budgeted: bool = False
+    budget_windows: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,12 +95,17 @@ class HoldFacts:
     key_expired: bool  # by the database clock on Postgres, like the hold itself
     account_status: str | None  # None: no such account
     balance_micros: int
+    has_budgets: bool = False
 
 
 class LedgerRepository:
     def __init__(self, connection: AsyncConnection) -> None:
         self._conn = connection
         self._postgres = connection.dialect.name == "postgresql"
+
+    @property
+    def connection(self) -> AsyncConnection:
+        return self._conn
 
     def _now(self) -> Any:
         """The write timestamp: the database clock on Postgres, Python's UTC clock on SQLite."""
@@ -212,6 +221,8 @@ class LedgerRepository:
                 "user": hold.user,
                 "client_request_id": hold.client_request_id,
                 "key_hash": hold.key_hash,
+                "budgeted": hold.budgeted,
+                "budget_windows": hold.budget_windows,
             }
             row = (await self._conn.execute(postgres_sql.HOLD, params)).first()
             return int(row.balance_micros) if row else None
@@ -222,6 +233,7 @@ class LedgerRepository:
             ApiKey.revoked_at.is_(None),
             or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now),
             true() if hold.key_hash is None else ApiKey.key_hash == hold.key_hash,
+            true() if hold.budgeted else ~exists().where(KeyBudget.key_id == hold.key_id),
         )
         balance = await self._move_balance(
             hold.account_id,
@@ -255,6 +267,7 @@ class LedgerRepository:
                 held_micros=hold.amount_micros,
                 cost_micros=0,
                 user=hold.user,
+                budget_windows=hold.budget_windows,
                 created_at=now,
             )
         )
@@ -280,7 +293,11 @@ class LedgerRepository:
             )
         ).first()
         account = (await self._conn.execute(account_query)).first()
+        has_budgets = (
+            await self._conn.execute(select(exists().where(KeyBudget.key_id == key_id)))
+        ).scalar_one()
         return HoldFacts(
+            has_budgets=bool(has_budgets),
             key_exists=key is not None,
             key_account_id=key.account_id if key else None,
             key_hash=key.key_hash if key else None,
@@ -345,6 +362,7 @@ class LedgerRepository:
                     RequestLog.model,
                     RequestLog.held_micros,
                     RequestLog.cost_micros,
+                    RequestLog.budget_windows,
                 )
             )
         ).first()
@@ -352,6 +370,15 @@ class LedgerRepository:
             return None
         refund = int(finished.held_micros) - int(finished.cost_micros)
         balance: int | None = None
+        if refund > 0 and finished.budget_windows:
+            await self._conn.execute(
+                update(KeySpend)
+                .where(
+                    KeySpend.key_id == finished.key_id,
+                    KeySpend.window.in_(finished.budget_windows.split(",")),
+                )
+                .values(spent_micros=KeySpend.spent_micros - refund)
+            )
         if refund > 0:
             balance = await self._move_balance(finished.account_id, refund)
             assert balance is not None, "a pending request's account cannot vanish"

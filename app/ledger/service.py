@@ -32,6 +32,11 @@ Decisions the spec leaves open:
   says so in its `SettleOutcome` (state "swept"); it is logged as a warning.
 - A reused request id on `hold` is 409 DUPLICATE_REQUEST_ID and moves no money.
 - Database connection failures surface as 503 SERVICE_UNAVAILABLE.
+- Budgets (`app.ledger.budgets`): a key without budgets takes the one-statement fast path; a
+  key with budgets is refused there (the statement checks) and held in one short transaction
+  that adds to its window counters, then debits the balance; any refusal rolls all of it back.
+  A refused budget is 402 BUDGET_EXCEEDED (checked before the balance: the budget is the
+  narrower, the key-holder's own limit). A hold of 0 counts against nothing.
 - `updated_at` tracks admin edits (name, status), not balance movements.
 - settle runs shielded from cancellation (a client hanging up still gets its refund at once;
   `wait_idle()` at shutdown). hold is not shielded: a cancelled hold that did commit is an
@@ -42,6 +47,7 @@ Decisions the spec leaves open:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 from collections.abc import AsyncIterator, Coroutine, Iterator
@@ -57,7 +63,8 @@ from app.errors import (
     InvalidParameter,
     ServiceUnavailable,
 )
-from app.ledger.records import AccountRecord, LedgerRow, SettleOutcome, SettleState
+from app.ledger.budgets import BudgetRepository, Clock, budget_exceeded, window_of
+from app.ledger.records import AccountRecord, LedgerRow, SettleOutcome, SettleState, utc_now
 from app.ledger.refusals import account_not_found, hold_refusal, usd
 from app.ledger.repository import FinishedRequest, HoldRequest, LedgerRepository
 
@@ -80,6 +87,16 @@ def new_account_id() -> str:
     return "acct_" + secrets.token_hex(12)
 
 
+def _is_deadlock(exc: BaseException) -> bool:
+    """Postgres chose this statement as a deadlock victim (40P01): it moved nothing; retry."""
+    while exc is not None:
+        if getattr(exc, "sqlstate", None) == "40P01" or getattr(exc, "pgcode", None) == "40P01":
+            return True
+        orig = getattr(exc, "orig", None)
+        exc = orig if orig is not None and orig is not exc else exc.__cause__  # type: ignore[assignment]
+    return False
+
+
 def _is_unavailable(exc: Exception) -> bool:
     """Connection-level failures (down, unreachable, too many clients), not SQL bugs."""
     if isinstance(exc, OSError | TimeoutError | OperationalError | InterfaceError):
@@ -93,7 +110,7 @@ def _database_errors() -> Iterator[None]:
     try:
         yield
     except Exception as exc:
-        if not _is_unavailable(exc):
+        if not _is_unavailable(exc) or _is_deadlock(exc):
             raise
         logger.error("ledger: database unavailable: %r", exc)
         raise ServiceUnavailable(
@@ -102,8 +119,10 @@ def _database_errors() -> Iterator[None]:
 
 
 class Ledger:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, clock: Clock = utc_now) -> None:
         self._engine = engine
+        #: the calendar of budget windows (UTC instant); injectable for tests
+        self._clock = clock
         self._postgres = engine.dialect.name == "postgresql"
         self._in_flight: set[asyncio.Future[Any]] = set()
         # AUTOCOMMIT: no BEGIN/COMMIT round trips; every money statement commits on its own
@@ -265,7 +284,10 @@ class Ledger:
                     # the failed UPDATE already took SQLite's write lock, so this read sees
                     # exactly the state the UPDATE judged
                     facts = await repo.hold_facts(account_id=account_id, key_id=key_id)
-                    raise hold_refusal(facts, hold) or InternalError("hold refused")
+                    refusal = hold_refusal(facts, hold)
+                    if refusal is None and facts.has_budgets:
+                        return await self._debit_budgeted(repo, hold)
+                    raise refusal or InternalError("hold refused")
             return await self._explain_refused_hold(hold)
         except IntegrityError as exc:
             raise Conflict(
@@ -286,6 +308,8 @@ class Ledger:
         refusal = hold_refusal(facts, hold)
         if refusal is not None:
             raise refusal  # true of the latest committed state: an honest reason
+        if facts.has_budgets:
+            return await self._hold_budgeted(hold)
         for _ in range(_HOLD_ATTEMPTS):
             async with self._transaction() as repo:
                 facts = await repo.hold_facts(
@@ -294,11 +318,55 @@ class Ledger:
                 refusal = hold_refusal(facts, hold)
                 if refusal is not None:
                     raise refusal
+                if facts.has_budgets:
+                    return await self._debit_budgeted(repo, hold)
                 balance = await repo.debit_if_covered(hold)
                 if balance is not None:
                     return balance
             # only a key revoked or expiring in between gets here; look again
         raise ServiceUnavailable("The account is changing too fast, please retry.", retry_after=1)
+
+    async def _hold_budgeted(self, hold: HoldRequest) -> int:
+        """Postgres: the budgeted hold in one transaction (a deadlock victim is retried)."""
+        for attempt in range(_HOLD_ATTEMPTS):
+            try:
+                async with self._transaction() as repo:
+                    return await self._debit_budgeted(repo, hold)
+            except DBAPIError as exc:
+                if not _is_deadlock(exc) or attempt == _HOLD_ATTEMPTS - 1:
+                    raise
+                logger.warning("ledger: budgeted hold %s was a deadlock victim; retrying", hold)
+        raise AssertionError("unreachable")
+
+    async def _debit_budgeted(self, repo: LedgerRepository, hold: HoldRequest) -> int:
+        """Count the hold against every budget window, then debit; raise (roll back) if not.
+
+        Runs inside the caller's unit of work: either every counter, the balance, the charge
+        row and the pending request row are written, or (an exception) none of them.
+        """
+        budgets_repo = BudgetRepository(repo.connection)
+        budgets, timezone = await budgets_repo.budgets_and_timezone(
+            key_id=hold.key_id, account_id=hold.account_id
+        )
+        now = self._clock()
+        windows = [(window_of(b.period, now, timezone), b.amount_micros) for b in budgets]
+        if hold.amount_micros > 0 and windows:
+            took = await budgets_repo.add_if_within(
+                key_id=hold.key_id, amount_micros=hold.amount_micros, windows=windows
+            )
+            for budget, (window, _) in zip(budgets, windows, strict=True):
+                if window not in took:
+                    raise budget_exceeded(budget.period, budget.amount_micros)
+        counted = ",".join(window for window, _ in windows) if hold.amount_micros > 0 else ""
+        balance = await repo.debit_if_covered(
+            dataclasses.replace(hold, budgeted=True, budget_windows=counted or None)
+        )
+        if balance is None:
+            facts = await repo.hold_facts(account_id=hold.account_id, key_id=hold.key_id)
+            raise hold_refusal(facts, hold) or ServiceUnavailable(
+                "The account is changing too fast, please retry.", retry_after=1
+            )
+        return balance
 
     async def settle(
         self,
@@ -363,17 +431,24 @@ class Ledger:
         latency_ms: int | None,
         note: str,
     ) -> FinishedRequest | None:
-        async with self._atomic() as repo:
-            return await repo.finish_if_pending(
-                request_id=request_id,
-                new_state=new_state,
-                cost_micros=cost_micros,
-                images=images,
-                status_code=status_code,
-                error_code=error_code,
-                latency_ms=latency_ms,
-                note=note,
-            )
+        for attempt in range(_HOLD_ATTEMPTS):
+            try:
+                async with self._atomic() as repo:
+                    return await repo.finish_if_pending(
+                        request_id=request_id,
+                        new_state=new_state,
+                        cost_micros=cost_micros,
+                        images=images,
+                        status_code=status_code,
+                        error_code=error_code,
+                        latency_ms=latency_ms,
+                        note=note,
+                    )
+            except DBAPIError as exc:  # one statement: a deadlock victim moved nothing
+                if not _is_deadlock(exc) or attempt == _HOLD_ATTEMPTS - 1:
+                    raise
+                logger.warning("ledger: finishing %s was a deadlock victim; retrying", request_id)
+        raise AssertionError("unreachable")
 
     async def _shielded(self, work: Coroutine[Any, Any, T]) -> T:
         """Run `work` to the end even if the caller is cancelled (say, the client hung up).
