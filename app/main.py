@@ -18,6 +18,7 @@ from app.api.errors import register_error_handlers
 from app.api.images import router as images_router
 from app.api.models import router as models_router
 from app.api.request_id import RequestIdMiddleware
+from app.api.usage import router as usage_router
 from app.gateway import open_gateway
 from app.settings import Settings, get_settings
 
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     register_error_handlers(app)
     app.include_router(images_router)
     app.include_router(models_router)
+    app.include_router(usage_router)
     app.include_router(admin_router)
 
     @app.get("/healthz", include_in_schema=False)

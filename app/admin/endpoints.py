@@ -46,6 +46,7 @@ from app.admin.schemas import (
     KeyCreate,
     KeyDeleted,
     KeyOut,
+    KeyUpdate,
     KeyWithSecret,
     LedgerEntryOut,
     Page,
@@ -86,7 +87,9 @@ async def get_account(account_id: str, ledger: LedgerDep) -> AccountOut:
 async def update_account(
     account_id: str, body: AccountUpdate, ledger: LedgerDep, authenticator: AuthenticatorDep
 ) -> AccountOut:
-    record = await ledger.update_account(account_id, name=body.name, status=body.status)
+    record = await ledger.update_account(
+        account_id, name=body.name, status=body.status, timezone=body.timezone
+    )
     if body.status is not None:
         authenticator.invalidate_all()
     return AccountOut.of(record)
@@ -142,8 +145,9 @@ async def create_key(account_id: str, body: KeyCreate, keys: KeysDep) -> KeyWith
         rpm=body.rpm,
         max_concurrency=body.max_concurrency,
         expires_at=body.expires_at,
+        budgets=None if body.budgets is None else [b.to_budget() for b in body.budgets],
     )
-    return KeyWithSecret.with_secret(record, secret)
+    return KeyWithSecret.with_secret(record, secret, await keys.budget_usage(record.id))
 
 
 @router.get("/keys")
@@ -159,7 +163,14 @@ async def list_keys(
 
 @router.get("/keys/{key_id}")
 async def get_key(key_id: str, keys: KeysDep) -> KeyOut:
-    return KeyOut.of(await keys.get_key(key_id))
+    record = await keys.get_key(key_id)
+    return KeyOut.of(record, await keys.budget_usage(key_id))
+
+
+@router.patch("/keys/{key_id}")
+async def update_key(key_id: str, body: KeyUpdate, keys: KeysDep) -> KeyOut:
+    await keys.set_budgets(key_id, [budget.to_budget() for budget in body.budgets])
+    return KeyOut.of(await keys.get_key(key_id), await keys.budget_usage(key_id))
 
 
 @router.post("/keys/{key_id}/revoke")

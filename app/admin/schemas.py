@@ -21,6 +21,7 @@ from pydantic_core import PydanticCustomError
 
 from app.admin.reports import RequestRecord, UsageRow, usage_total
 from app.keys.repository import KeyRecord
+from app.ledger.budgets import Budget, BudgetUsage
 from app.ledger.records import AccountRecord, LedgerRow
 from app.money import MoneyError, micros_to_json, parse_usd
 
@@ -56,11 +57,23 @@ class AccountCreate(_Request):
 class AccountUpdate(_Request):
     name: Name | None = None
     status: Literal["active", "suspended"] | None = None
+    #: IANA zone of the account's calendar (day/month key budgets); validated by the ledger
+    timezone: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
 
 
 class CreditCreate(_Request):
     amount: Micros
     note: Annotated[str, StringConstraints(max_length=1000)] | None = None
+
+
+class BudgetIn(_Request):
+    """`{"period": "day" | "month" | "total", "amount": USD}` (SPEC 9)."""
+
+    period: Literal["day", "month", "total"]
+    amount: Micros = Field(gt=0)
+
+    def to_budget(self) -> Budget:
+        return Budget(self.period, self.amount)
 
 
 class KeyCreate(_Request):
@@ -69,6 +82,32 @@ class KeyCreate(_Request):
     rpm: int | None = None
     max_concurrency: int | None = None
     expires_at: AwareDatetime | None = None
+    budgets: list[BudgetIn] | None = None
+
+
+class KeyUpdate(_Request):
+    """PATCH a key's spend limits: the list replaces them all (`[]` removes every budget)."""
+
+    budgets: list[BudgetIn]
+
+
+class BudgetOut(BaseModel):
+    period: str
+    amount: float
+    spent: float
+    remaining: float
+    #: the calendar window `spent` is for: "day:2026-12-02", "month:2026-12" or "total"
+    window: str
+
+    @classmethod
+    def of(cls, usage: BudgetUsage) -> Self:
+        return cls(
+            period=usage.period,
+            amount=micros_to_json(usage.amount_micros),
+            spent=micros_to_json(usage.spent_micros),
+            remaining=micros_to_json(usage.remaining_micros),
+            window=usage.window,
+        )
 
 
 # responses ---------------------------------------------------------------------------
@@ -84,6 +123,7 @@ class AccountOut(BaseModel):
     name: str
     balance: float
     status: str
+    timezone: str
     created_at: datetime
 
     @classmethod
@@ -93,6 +133,7 @@ class AccountOut(BaseModel):
             name=record.name,
             balance=micros_to_json(record.balance_micros),
             status=record.status,
+            timezone=record.timezone,
             created_at=record.created_at,
         )
 
@@ -157,9 +198,11 @@ class KeyOut(BaseModel):
     expires_at: datetime | None
     revoked_at: datetime | None
     created_at: datetime
+    #: each budget with its current window's spend; only on single-key answers (not lists)
+    budgets: list[BudgetOut] | None = None
 
     @classmethod
-    def of(cls, record: KeyRecord) -> Self:
+    def of(cls, record: KeyRecord, budgets: list[BudgetUsage] | None = None) -> Self:
         return cls(
             id=record.id,
             account_id=record.account_id,
@@ -171,6 +214,7 @@ class KeyOut(BaseModel):
             expires_at=record.expires_at,
             revoked_at=record.revoked_at,
             created_at=record.created_at,
+            budgets=None if budgets is None else [BudgetOut.of(usage) for usage in budgets],
         )
 
 
@@ -180,8 +224,10 @@ class KeyWithSecret(KeyOut):
     key: str
 
     @classmethod
-    def with_secret(cls, record: KeyRecord, secret: str) -> Self:
-        return cls(**KeyOut.of(record).model_dump(), key=secret)
+    def with_secret(
+        cls, record: KeyRecord, secret: str, budgets: list[BudgetUsage] | None = None
+    ) -> Self:
+        return cls(**KeyOut.of(record, budgets).model_dump(), key=secret)
 
 
 class KeyDeleted(BaseModel):

@@ -20,6 +20,7 @@ from app.errors import Conflict, InvalidParameter, NotFound
 from app.keys.cursor import decode_cursor, encode_cursor
 from app.keys.repository import KeyRecord, KeyRepository
 from app.keys.secrets import display_prefix, generate_secret, hash_secret, new_key_id
+from app.ledger.budgets import Budget, BudgetRepository, BudgetUsage, check_budgets
 
 __all__ = ["KeyRecord", "KeyService"]
 
@@ -40,9 +41,11 @@ class KeyService:
         rpm: int | None = None,
         max_concurrency: int | None = None,
         expires_at: datetime | None = None,
+        budgets: list[Budget] | None = None,
     ) -> tuple[KeyRecord, str]:
         """A new key for `account_id` and its secret (the only time the secret is seen)."""
         name = _check_name(name)
+        checked_budgets = check_budgets(budgets or [])
         models = _check_models(models)
         _check_positive("rpm", rpm)
         _check_positive("max_concurrency", max_concurrency)
@@ -73,7 +76,25 @@ class KeyService:
                 expires_at=expires_at,
                 created_at=now,
             )
+            if checked_budgets:
+                await BudgetRepository(conn).replace(key_id=record.id, budgets=checked_budgets)
         return record, secret
+
+    async def set_budgets(self, key_id: str, budgets: list[Budget]) -> None:
+        """Replace the key's budgets (an empty list removes them). Spend so far is kept: a
+        lowered daily budget already spent is refused until the next day."""
+        checked = check_budgets(budgets)
+        async with self._engine.begin() as conn:
+            if await KeyRepository(conn).get(key_id) is None:
+                raise _not_found(key_id)
+            await BudgetRepository(conn).replace(key_id=key_id, budgets=checked)
+
+    async def budget_usage(self, key_id: str) -> list[BudgetUsage]:
+        """Each budget of the key with what its current window has spent."""
+        async with self._engine.connect() as conn:
+            return await BudgetRepository(conn).usage(
+                key_id=key_id, clock=lambda: datetime.now(UTC)
+            )
 
     async def list_keys(
         self, *, account_id: str | None = None, limit: int = 50, cursor: str | None = None

@@ -34,6 +34,7 @@ class AccountRecord:
     status: str
     created_at: datetime
     updated_at: datetime
+    timezone: str = "UTC"
 
     @classmethod
     def from_row(cls, row: Any) -> AccountRecord:
@@ -42,6 +43,7 @@ class AccountRecord:
             name=row.name,
             balance_micros=int(row.balance_micros),
             status=row.status,
+            timezone=getattr(row, "timezone", None) or "UTC",
             created_at=as_utc(row.created_at),
             updated_at=as_utc(row.updated_at),
         )

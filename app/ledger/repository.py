@@ -48,6 +48,7 @@ _ACCOUNT_COLUMNS = (
     Account.name,
     Account.balance_micros,
     Account.status,
+    Account.timezone,
     Account.created_at,
     Account.updated_at,
 )

@@ -63,7 +63,13 @@ from app.errors import (
     InvalidParameter,
     ServiceUnavailable,
 )
-from app.ledger.budgets import BudgetRepository, Clock, budget_exceeded, window_of
+from app.ledger.budgets import (
+    BudgetRepository,
+    Clock,
+    budget_exceeded,
+    check_timezone,
+    window_of,
+)
 from app.ledger.records import AccountRecord, LedgerRow, SettleOutcome, SettleState, utc_now
 from app.ledger.refusals import account_not_found, hold_refusal, usd
 from app.ledger.repository import FinishedRequest, HoldRequest, LedgerRepository
@@ -190,11 +196,18 @@ class Ledger:
         return account
 
     async def update_account(
-        self, account_id: str, *, name: str | None = None, status: str | None = None
+        self,
+        account_id: str,
+        *,
+        name: str | None = None,
+        status: str | None = None,
+        timezone: str | None = None,
     ) -> AccountRecord:
         values: dict[str, str] = {}
         if name is not None:
             values["name"] = name
+        if timezone is not None:
+            values["timezone"] = check_timezone(timezone)
         if status is not None:
             if status not in ACCOUNT_STATUSES:
                 raise InvalidParameter(

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.anyio
 
 KEY_FIELDS = {
     "object", "id", "account_id", "name", "prefix", "models", "rpm", "max_concurrency",
-    "expires_at", "revoked_at", "created_at",
+    "expires_at", "revoked_at", "created_at", "budgets",
 }  # fmt: skip
 
 
