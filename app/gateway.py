@@ -24,6 +24,7 @@ from app.catalog.loader import Catalog, load_catalog
 from app.db.engine import make_engine
 from app.keys.auth import KeyAuthenticator
 from app.keys.service import KeyService
+from app.ledger.budgets import file_clock
 from app.ledger.idempotency import IdempotencyStore
 from app.ledger.service import Ledger
 from app.ledger.sweeper import Sweeper
@@ -60,7 +61,7 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
     engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
     http = make_http_client(settings)
     rate_limiter = make_rate_limiter(settings.redis_url)
-    ledger = Ledger(engine)
+    ledger = Ledger(engine, clock=file_clock(settings.clock_file))
     gateway = Gateway(
         settings=settings,
         catalog=catalog,

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     sweep_interval_s: float = Field(default=30.0, validation_alias="GATEWAY_SWEEP_INTERVAL_S")
     idempotency_ttl_s: int = Field(default=86_400, validation_alias="GATEWAY_IDEMPOTENCY_TTL_S")
     demo_balance_usd: str = Field(default="10", validation_alias="GATEWAY_DEMO_BALANCE")
+    #: tests only: a file holding an ISO-8601 instant that is "now" for budget calendars
+    #: (read on every budgeted hold, so a test can move every process across midnight)
+    clock_file: Path | None = Field(default=None, validation_alias="GATEWAY_TEST_CLOCK_FILE")
 
     # Limits on what crosses the wire
     max_request_bytes: int = Field(

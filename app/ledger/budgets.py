@@ -28,7 +28,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -64,6 +65,18 @@ class BudgetUsage:
     @property
     def remaining_micros(self) -> int:
         return max(self.amount_micros - self.spent_micros, 0)
+
+
+def file_clock(path: Path | None) -> Clock:
+    """The system UTC clock, or (tests) the instant in `path` (`GATEWAY_TEST_CLOCK_FILE`)."""
+    if path is None:
+        return lambda: datetime.now(UTC)
+
+    def read() -> datetime:
+        instant = datetime.fromisoformat(path.read_text().strip())
+        return instant if instant.tzinfo else instant.replace(tzinfo=UTC)
+
+    return read
 
 
 def check_timezone(name: str) -> str:

@@ -5,6 +5,10 @@
   the ledger sums to the money moved.
 - The same behind a mock upstream that fails a random third of requests: every failed request
   is refunded, and the balance is the initial one less exactly the successes.
+- A key with a daily budget covering exactly K requests, on an account with plenty of
+  balance: exactly K succeed, the rest get 402 BUDGET_EXCEEDED; then every process's clock
+  (`GATEWAY_TEST_CLOCK_FILE`) crosses midnight and exactly K more succeed; the books and both
+  days' budget counters are exact.
 - A gateway killed with SIGKILL mid-request: the sweeper of a surviving process refunds the
   orphaned hold after the hold timeout; nothing stays in limbo.
 """
@@ -251,3 +255,89 @@ def test_sigkill_mid_request_leaves_no_money_in_limbo(postgres_url: str, tmp_pat
     assert pending_holds(postgres_url) == 0
     assert run_db(postgres_url, lambda e: assert_books_balance(e, account)) == 5 * PRICE
     assert ledger_counts(postgres_url, account) == {"topup": 1, "charge": 1, "refund": 1}
+
+
+def set_daily_budget(url: str, key_secret: str, amount_micros: int) -> str:
+    """Give the key behind `key_secret` a daily budget; returns its key id."""
+
+    async def write(engine):  # type: ignore[no-untyped-def]
+        import hashlib
+
+        from app.ledger.budgets import Budget, BudgetRepository
+
+        async with engine.begin() as conn:
+            key_id = (
+                await conn.execute(
+                    text("SELECT id FROM api_keys WHERE key_hash = :h"),
+                    {"h": hashlib.sha256(key_secret.encode()).hexdigest()},
+                )
+            ).scalar_one()
+            await BudgetRepository(conn).replace(
+                key_id=key_id, budgets=[Budget("day", amount_micros)]
+            )
+        return key_id
+
+    return run_db(url, write)  # type: ignore[no-any-return]
+
+
+def budget_counters(url: str, key_id: str) -> dict[str, int]:
+    async def read(engine):  # type: ignore[no-untyped-def]
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                text('SELECT "window", spent_micros FROM key_spend WHERE key_id = :k'),
+                {"k": key_id},
+            )
+            return {window: int(spent) for window, spent in rows}
+
+    return run_db(url, read)
+
+
+def refusal_codes(url: str, account_id: str) -> collections.Counter[str]:
+    async def read(engine):  # type: ignore[no-untyped-def]
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                text(
+                    "SELECT error_code FROM request_log "
+                    "WHERE account_id = :a AND state = 'unbilled'"
+                ),
+                {"a": account_id},
+            )
+            return collections.Counter(code for (code,) in rows)
+
+    return run_db(url, read)
+
+
+def test_four_processes_daily_budget_exact_across_midnight(
+    postgres_url: str, upstream: MockOpenAIUpstream, tmp_path: Path
+) -> None:
+    k = 300
+    catalog = write_catalog(tmp_path, upstream.base_url)
+    clock = tmp_path / "clock"
+    clock.write_text("2026-12-02T23:59:00+00:00")
+    balance = 100 * REQUESTS * PRICE
+
+    account, secret = seed_account(postgres_url, balance)
+    key_id = set_daily_budget(postgres_url, secret, k * PRICE)
+    gateways = start_gateways(
+        PROCESSES, postgres_url, catalog, tmp_path, GATEWAY_TEST_CLOCK_FILE=str(clock)
+    )
+    try:
+        urls = [g.url for g in gateways]
+        before = asyncio.run(fire(urls, secret, "tiny", REQUESTS))
+        clock.write_text("2026-12-03T00:00:30+00:00")  # every process reads it per hold
+        after = asyncio.run(fire(urls, secret, "tiny", REQUESTS))
+    finally:
+        for gateway in gateways:
+            gateway.stop()
+    print(f"\n4 processes, daily budget of {k}: day 1 {dict(before)}, day 2 {dict(after)}")
+    assert before == {200: k, 402: REQUESTS - k}
+    assert after == {200: k, 402: REQUESTS - k}
+    assert refusal_codes(postgres_url, account) == {"BUDGET_EXCEEDED": 2 * (REQUESTS - k)}
+    assert budget_counters(postgres_url, key_id) == {
+        "day:2026-12-02": k * PRICE,
+        "day:2026-12-03": k * PRICE,
+    }
+    books = run_db(postgres_url, lambda e: assert_books_balance(e, account))
+    assert books == balance - 2 * k * PRICE
+    assert ledger_counts(postgres_url, account) == {"topup": 1, "charge": 2 * k}
+    assert pending_holds(postgres_url) == 0
