@@ -41,6 +41,7 @@ from app.db.engine import make_engine
 from app.errors import GatewayError
 from app.keys.repository import KeyRecord
 from app.keys.service import KeyService
+from app.ledger.budgets import Budget, BudgetUsage
 from app.ledger.records import AccountRecord
 from app.ledger.service import Ledger
 from app.money import MoneyError, micros_to_decimal, parse_usd
@@ -301,9 +302,11 @@ def _show_keys(records: Sequence[KeyRecord]) -> None:
     )  # fmt: skip
 
 
-def _show_secret(record: KeyRecord, secret: str, as_json: bool) -> None:
+def _show_secret(
+    record: KeyRecord, secret: str, as_json: bool, budgets: list[BudgetUsage] | None = None
+) -> None:
     if as_json:
-        _print_json(KeyWithSecret.with_secret(record, secret))
+        _print_json(KeyWithSecret.with_secret(record, secret, budgets))
         return
     _show_keys([record])
     typer.echo(f"\nsecret (shown only now): {secret}")
@@ -319,22 +322,74 @@ def keys_create(
     rpm: Annotated[int | None, typer.Option(help="Requests per minute.")] = None,
     max_concurrency: Annotated[int | None, typer.Option(help="Requests in flight.")] = None,
     expires_at: Annotated[str | None, typer.Option(help="ISO 8601 expiry.")] = None,
+    budget: Annotated[
+        list[str] | None,
+        typer.Option(help="A spend limit PERIOD=USD (day, month or total); repeatable."),
+    ] = None,
     as_json: Json = False,
 ) -> None:
     """Create a key; its secret is printed once."""
+    budgets = _parse_budgets(budget or [])
     model_list = None if models is None else [m for m in models.split(",") if m.strip()]
     expiry = _parse_time(expires_at, "--expires-at")
-    record, secret = _run(
-        lambda s: s.keys.create_key(
+
+    async def work(s: Services) -> tuple[KeyRecord, str, list[BudgetUsage]]:
+        record, secret = await s.keys.create_key(
             account_id=account_id,
             name=name,
             models=model_list,
             rpm=rpm,
             max_concurrency=max_concurrency,
             expires_at=expiry,
+            budgets=budgets,
         )
-    )
-    _show_secret(record, secret, as_json)
+        return record, secret, await s.keys.budget_usage(record.id)
+
+    record, secret, usage = _run(work)
+    _show_secret(record, secret, as_json, usage)
+
+
+def _parse_budgets(values: list[str]) -> list[Budget]:
+    budgets: list[Budget] = []
+    for value in values:
+        period, _, amount = value.partition("=")
+        if period not in ("day", "month", "total") or not amount:
+            _fail(f"--budget: expected day=USD, month=USD or total=USD, got {value!r}")
+        budgets.append(Budget(period, _parse_amount(amount, "--budget")))  # type: ignore[arg-type]
+    return budgets
+
+
+@keys_cli.command("budgets")
+def keys_budgets(
+    key_id: str,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Replace the budgets with PERIOD=USD ...; repeatable."),
+    ] = None,
+    clear: Annotated[bool, typer.Option(help="Remove every budget of the key.")] = False,
+    as_json: Json = False,
+) -> None:
+    """Show a key's budgets with spent and remaining (optionally replace them first)."""
+    new = _parse_budgets(set_ or [])
+
+    async def work(s: Services) -> tuple[KeyRecord, list[BudgetUsage]]:
+        if new or clear:
+            await s.keys.set_budgets(key_id, new)
+        return await s.keys.get_key(key_id), await s.keys.budget_usage(key_id)
+
+    record, usage = _run(work)
+    if as_json:
+        _print_json(KeyOut.of(record, usage))
+        return
+    _print_table(
+        ["PERIOD", "WINDOW", "AMOUNT", "SPENT", "REMAINING"],
+        [
+            [u.period, u.window, f"{micros_to_decimal(u.amount_micros):f}",
+             f"{micros_to_decimal(u.spent_micros):f}",
+             f"{micros_to_decimal(u.remaining_micros):f}"]
+            for u in usage
+        ],
+    )  # fmt: skip
 
 
 @keys_cli.command("list")

@@ -244,3 +244,22 @@ def test_serve_hands_over_to_the_server(monkeypatch: pytest.MonkeyPatch) -> None
     result = CliRunner().invoke(cli, ["serve", "--host", "0.0.0.0", "--port", "9000"])
     assert result.exit_code == 0, result.stderr
     assert calls == [("0.0.0.0", 9000, 1)]
+
+
+def test_keys_carry_budgets_shown_with_spent_and_remaining(run: Any) -> None:
+    account = as_json(run("accounts", "create", "budgeted", "--balance", "5", "--json"))
+    key = as_json(
+        run(
+            "keys", "create", account["id"], "--name", "ci",
+            "--budget", "day=0.5", "--budget", "total=10", "--json",
+        )
+    )  # fmt: skip
+    assert [(b["period"], b["amount"], b["remaining"]) for b in key["budgets"]] == [
+        ("day", 0.5, 0.5),
+        ("total", 10.0, 10.0),
+    ]
+    shown = table(run("keys", "budgets", key["id"], "--set", "month=3"))
+    assert shown[0] == ["PERIOD", "WINDOW", "AMOUNT", "SPENT", "REMAINING"]
+    assert [row[0] for row in shown[1:]] == ["month"] and shown[1][2:] == ["3", "0", "3"]
+    assert as_json(run("keys", "budgets", key["id"], "--clear", "--json"))["budgets"] == []
+    run("keys", "create", account["id"], "--name", "bad", "--budget", "week=1", code=1)
