@@ -12,7 +12,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 OutputFormat = Literal["png", "jpeg", "webp"]
 
@@ -37,6 +37,13 @@ class ProviderConfig(_Strict):
 class RouteConfig(_Strict):
     provider: str
     upstream_model: str | None = None
+    #: `strategy: weighted`: this route's share of first attempts (0 = fallback only)
+    weight: int = Field(default=1, ge=0, le=1000)
+    #: extra attempts on this route after a retryable failure, with backoff and jitter,
+    #: inside the model's deadline; then the next route
+    retries: int = Field(default=0, ge=0, le=5)
+    #: `strategy: cheapest`: what one image costs the operator on this route (USD)
+    cost: Decimal | None = Field(default=None, ge=0)
 
 
 class EnumParam(_Strict):
@@ -141,6 +148,25 @@ class ModelConfig(_Strict):
     output_modalities: list[str] = Field(default_factory=lambda: ["image"])
     pricing: PricingSpec
     description: str | None = None
+    #: how routes are tried: in order (`fallback`), first by `weight` (`weighted`), or by
+    #: ascending route `cost` (`cheapest`); failures always move on to the remaining routes
+    strategy: Literal["fallback", "weighted", "cheapest"] = "fallback"
+    #: the whole request's budget for attempts, retries and fallbacks (default: the sum of
+    #: the routes' provider timeouts)
+    deadline_s: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _strategy_fits_routes(self) -> ModelConfig:
+        if self.strategy == "cheapest":
+            missing = [r.provider for r in self.routes if r.cost is None]
+            if missing:
+                raise ValueError(
+                    f"strategy 'cheapest' needs a 'cost' on every route; missing on "
+                    f"{', '.join(missing)}"
+                )
+        if self.strategy == "weighted" and not any(r.weight > 0 for r in self.routes):
+            raise ValueError("strategy 'weighted' needs at least one route with weight > 0")
+        return self
 
 
 class CatalogFile(_Strict):

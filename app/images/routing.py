@@ -1,24 +1,181 @@
-"""Calling a model's routes: the first provider, then its fallbacks on retryable failure.
+"""Calling a model's routes as a policy: order them, skip sick providers, retry, fall back.
 
-Each route names a catalog provider (whose adapter was built at start-up) and the upstream
-model id. A route's whole call, polling included, is bounded by its provider's `timeout_s`.
-A retryable upstream failure (5xx, 429, transport error, timeout) moves on to the next route;
-a non-retryable one (content blocked, the provider rejecting the request) ends the attempt at
-once, since another provider would most likely refuse it too. When every route failed
-retryably, the caller gets 503 `UPSTREAM_UNAVAILABLE` (or the last 504/502 when that is more
-telling: a single-route model that timed out says so).
+    RoutePolicy.order(routes)          fallback: as listed; weighted: first route drawn by
+        │                              weight, the rest by weight too; cheapest: by `cost`
+        ▼
+    for each route whose provider's breaker lets it through (`app.images.breaker`):
+        attempt (bounded by min(provider timeout_s, time left of the deadline))
+        retryable failure → up to `retries` more attempts, sleeping backoff * 2^i with full
+                            jitter, only while the deadline allows; then the next route
+        non-retryable (content blocked, a rejected request) → raise at once
+    every route failed or skipped → 503 UPSTREAM_UNAVAILABLE (or the single route's 504/502)
+
+Each attempt is recorded in a `RouteTrace` ("openai:UPSTREAM_ERROR>fal:ok"), which the service
+logs with the request. Only the final result is ever billed: failed attempts cost nothing,
+since the hold is settled once, on what the successful attempt delivered.
+
+`call_routes` keeps the plain fallback behaviour (no breaker, no retries) for callers that do
+not hold a `Router`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 from app.adapters.base import AdapterResult, ImageAdapter, ImageRequest, PartialSink
-from app.catalog.schema import ProviderConfig, RouteConfig
+from app.catalog.schema import ModelConfig, ProviderConfig, RouteConfig
 from app.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from app.images.breaker import CircuitBreaker
 
 logger = logging.getLogger(__name__)
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class RouteTrace:
+    """What happened to one request's attempts, in order: (provider, outcome code or "ok")."""
+
+    attempts: list[tuple[str, str]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return ">".join(f"{provider}:{outcome}" for provider, outcome in self.attempts)
+
+    @property
+    def provider(self) -> str | None:
+        """The provider that answered (None: none did)."""
+        if self.attempts and self.attempts[-1][1] == "ok":
+            return self.attempts[-1][0]
+        return None
+
+
+def order_routes(strategy: str, routes: list[RouteConfig], rng: random.Random) -> list[RouteConfig]:
+    """The order to try `routes` in, for one request."""
+    if strategy == "cheapest":
+        return sorted(routes, key=lambda route: route.cost if route.cost is not None else 0)
+    if strategy != "weighted":
+        return list(routes)
+    # weighted sampling without replacement (Efraimidis-Spirakis): key = u^(1/w), highest first
+    weighted = [r for r in routes if r.weight > 0]
+    keyed = sorted(weighted, key=lambda r: rng.random() ** (1.0 / r.weight), reverse=True)
+    return keyed + [r for r in routes if r.weight == 0]
+
+
+class Router:
+    """Process-wide routing state: the breaker, the randomness, the clock and the sleep."""
+
+    def __init__(
+        self,
+        *,
+        breaker: CircuitBreaker | None = None,
+        rng: random.Random | None = None,
+        sleep: Sleep = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        backoff_s: float = 0.25,
+        max_backoff_s: float = 4.0,
+    ) -> None:
+        self.breaker = breaker or CircuitBreaker()
+        self._rng = rng or random.Random()
+        self._sleep = sleep
+        self._clock = clock
+        self._backoff_s = backoff_s
+        self._max_backoff_s = max_backoff_s
+
+    async def call(
+        self,
+        *,
+        model_id: str,
+        config: ModelConfig,
+        adapters: dict[str, ImageAdapter],
+        providers: dict[str, ProviderConfig],
+        request: ImageRequest,
+        on_partial: PartialSink | None = None,
+        trace: RouteTrace | None = None,
+    ) -> AdapterResult:
+        trace = trace if trace is not None else RouteTrace()
+        routes = order_routes(config.strategy, config.routes, self._rng)
+        deadline_s = config.deadline_s or sum(providers[r.provider].timeout_s for r in routes)
+        deadline = self._clock() + deadline_s
+        last_error: UpstreamError | None = None
+        for route in routes:
+            if not self.breaker.try_acquire(route.provider):
+                trace.attempts.append((route.provider, "SKIPPED_COOLDOWN"))
+                continue
+            for attempt in range(route.retries + 1):
+                if attempt:
+                    if not self.breaker.try_acquire(route.provider):
+                        break
+                    pause = self._rng.uniform(
+                        0, min(self._max_backoff_s, self._backoff_s * 2 ** (attempt - 1))
+                    )
+                    if self._clock() + pause >= deadline:
+                        self.breaker.release_probe(route.provider)
+                        break
+                    await self._sleep(pause)
+                left = deadline - self._clock()
+                if left <= 0:
+                    self.breaker.release_probe(route.provider)
+                    break
+                try:
+                    result = await self._attempt(
+                        route, adapters, providers, request, on_partial, model_id, left
+                    )
+                except UpstreamError as exc:
+                    trace.attempts.append((route.provider, exc.code))
+                    if not exc.retryable:
+                        self.breaker.release_probe(route.provider)
+                        raise
+                    self.breaker.record_failure(route.provider)
+                    last_error = exc
+                    continue
+                except BaseException:
+                    self.breaker.release_probe(route.provider)
+                    raise
+                self.breaker.record_success(route.provider)
+                trace.attempts.append((route.provider, "ok"))
+                return result
+        logger.warning("model %s: no route answered (%s)", model_id, trace)
+        if last_error is None:
+            raise UpstreamUnavailable(
+                f"Every provider of model '{model_id}' is cooling down after failures; "
+                "retry shortly.",
+                retry_after=5,
+            )
+        if len(routes) > 1 and not isinstance(last_error, UpstreamTimeout):
+            raise UpstreamUnavailable(
+                f"Every provider route of model '{model_id}' failed; last error: "
+                f"{last_error.message}",
+                retry_after=5,
+            ) from last_error
+        raise last_error
+
+    @staticmethod
+    async def _attempt(
+        route: RouteConfig,
+        adapters: dict[str, ImageAdapter],
+        providers: dict[str, ProviderConfig],
+        request: ImageRequest,
+        on_partial: PartialSink | None,
+        model_id: str,
+        left_s: float,
+    ) -> AdapterResult:
+        """One call; every failure comes out as an `UpstreamError` (or a non-upstream error)."""
+        timeout_s = min(providers[route.provider].timeout_s, left_s)
+        try:
+            async with asyncio.timeout(timeout_s):
+                result = await adapters[route.provider].generate(
+                    request, upstream_model=route.upstream_model or model_id, on_partial=on_partial
+                )
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"The provider did not answer within {timeout_s:g} s.") from exc
+        if not result.images:
+            raise UpstreamError("The provider returned no image.")
+        return result
 
 
 async def call_routes(
@@ -30,32 +187,20 @@ async def call_routes(
     request: ImageRequest,
     on_partial: PartialSink | None = None,
 ) -> AdapterResult:
+    """Plain fallback in listed order: each route once, no breaker (see `Router`)."""
     last_error: UpstreamError | None = None
     for route in routes:
-        provider = providers[route.provider]
-        adapter = adapters[route.provider]
+        timeout_s = providers[route.provider].timeout_s
         try:
-            async with asyncio.timeout(provider.timeout_s):
-                result = await adapter.generate(
-                    request,
-                    upstream_model=route.upstream_model or model_id,
-                    on_partial=on_partial,
-                )
-        except TimeoutError as exc:
-            last_error = UpstreamTimeout(
-                f"The provider did not answer within {provider.timeout_s:g} s."
+            return await Router._attempt(
+                route, adapters, providers, request, on_partial, model_id, timeout_s
             )
-            last_error.__cause__ = exc
         except UpstreamError as exc:
             if not exc.retryable:
                 raise
             last_error = exc
         except GatewayError:
             raise  # content blocked, bad parameter: no other route will do better
-        else:
-            if result.images:
-                return result
-            last_error = UpstreamError("The provider returned no image.")
         logger.warning(
             "model %s: route %s failed (%s); %s",
             model_id,
