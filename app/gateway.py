@@ -29,6 +29,7 @@ from app.ledger.service import Ledger
 from app.ledger.sweeper import Sweeper
 from app.ratelimit import make_rate_limiter
 from app.ratelimit.base import RateLimiter
+from app.security.throttle import FailureThrottle
 from app.settings import Settings
 from app.upstream_client import make_http_client
 
@@ -48,6 +49,8 @@ class Gateway:
     authenticator: KeyAuthenticator
     idempotency: IdempotencyStore
     rate_limiter: RateLimiter
+    #: failed admin-token attempts per client address (`app.security.throttle`)
+    admin_throttle: FailureThrottle
 
 
 def build_adapters(catalog: Catalog, context: AdapterContext) -> dict[str, ImageAdapter]:
@@ -74,11 +77,22 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
         authenticator=KeyAuthenticator(
             engine,
             ttl_s=settings.key_cache_ttl_s,
+            unknown_ttl_s=settings.unknown_key_cache_ttl_s,
+            failure_throttle=FailureThrottle(
+                what="API key",
+                burst=settings.key_failure_burst,
+                refill_s=settings.key_failure_refill_s,
+            ),
             default_rpm=settings.default_key_rpm,
             default_max_concurrency=settings.default_key_max_concurrency,
         ),
         idempotency=IdempotencyStore(engine),
         rate_limiter=rate_limiter,
+        admin_throttle=FailureThrottle(
+            what="admin token",
+            burst=settings.admin_failure_burst,
+            refill_s=settings.admin_failure_refill_s,
+        ),
     )
     sweeper = Sweeper(ledger, idempotency=gateway.idempotency)
     sweeper_task = asyncio.create_task(

@@ -14,6 +14,8 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SQLITE_PATH = Path("data") / "image-gateway.db"
+#: the admin token guards every balance: short enough to guess is refused at start-up
+MIN_ADMIN_TOKEN_CHARS = 32
 
 
 def normalize_database_url(url: str) -> str:
@@ -34,11 +36,27 @@ class Settings(BaseSettings):
     gateway_config: Path = Field(
         default=Path("config/models.yaml"), validation_alias="GATEWAY_CONFIG"
     )
+    #: at least MIN_ADMIN_TOKEN_CHARS characters; unset = the admin API is off
     admin_token: str | None = Field(default=None, validation_alias="GATEWAY_ADMIN_TOKEN")
     redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
 
     # Keys
     key_cache_ttl_s: float = Field(default=2.0, validation_alias="GATEWAY_KEY_CACHE_TTL_S")
+    #: how long an unknown key is remembered as unknown (new secrets are fresh random values)
+    unknown_key_cache_ttl_s: float = Field(
+        default=300.0, gt=0, validation_alias="GATEWAY_UNKNOWN_KEY_CACHE_TTL_S"
+    )
+    #: failed credential attempts per client address: a burst, then one per refill interval
+    key_failure_burst: int = Field(default=20, ge=1, validation_alias="GATEWAY_KEY_FAILURE_BURST")
+    key_failure_refill_s: float = Field(
+        default=3.0, gt=0, validation_alias="GATEWAY_KEY_FAILURE_REFILL_S"
+    )
+    admin_failure_burst: int = Field(
+        default=5, ge=1, validation_alias="GATEWAY_ADMIN_FAILURE_BURST"
+    )
+    admin_failure_refill_s: float = Field(
+        default=12.0, gt=0, validation_alias="GATEWAY_ADMIN_FAILURE_REFILL_S"
+    )
     default_key_rpm: int | None = Field(default=None, validation_alias="GATEWAY_DEFAULT_KEY_RPM")
     default_key_max_concurrency: int | None = Field(
         default=None, validation_alias="GATEWAY_DEFAULT_KEY_MAX_CONCURRENCY"
@@ -77,6 +95,19 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=10, validation_alias="GATEWAY_DB_POOL_SIZE")
 
     log_level: str = Field(default="info", validation_alias="GATEWAY_LOG_LEVEL")
+
+    @field_validator("admin_token")
+    @classmethod
+    def _strong_admin_token(cls, value: str | None) -> str | None:
+        if not value:  # unset or empty: the admin API is off
+            return None
+        if len(value) < MIN_ADMIN_TOKEN_CHARS:
+            raise ValueError(
+                f"GATEWAY_ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_CHARS} characters "
+                f"(it has {len(value)}); generate one with: "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+        return value
 
     @field_validator("database_url")
     @classmethod

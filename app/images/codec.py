@@ -46,6 +46,9 @@ _PNG_MAGIC: Final = b"\x89PNG\r\n\x1a\n"
 _JPEG_SOF: Final = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 # Markers without a length field: TEM, RSTn, SOI.
 _JPEG_STANDALONE: Final = frozenset({0x01, *range(0xD0, 0xD9)})
+MAX_JPEG_FILL: Final = 64 * 1024
+#: segments read before a JPEG's frame header; beyond it the file is refused, not walked
+MAX_JPEG_SEGMENTS: Final = 1024
 
 
 class ImageError(ValueError):
@@ -91,12 +94,23 @@ def _png_size(data: bytes) -> tuple[int, int]:
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int]:
+    # Attacker-chosen input: the walk is bounded. Fill bytes are skipped by `bytes.lstrip`
+    # (C) over at most MAX_JPEG_FILL bytes, never byte by byte in Python, and at most
+    # MAX_JPEG_SEGMENTS segments are visited before the frame header (real files carry a few
+    # dozen: APPn, DQT, DHT, ICC chunks), so a 19 MB file of 4-byte APP0 segments costs
+    # microseconds, not seconds of the event loop.
     i, end = 2, len(data)
-    while i < end:
+    for _ in range(MAX_JPEG_SEGMENTS):
+        if i >= end:
+            break
         if data[i] != 0xFF:
             raise ImageError("corrupt JPEG marker stream")
-        while data[i] == 0xFF:  # markers may be padded with any number of 0xFF fill bytes
-            i += 1
+        # markers may be padded with 0xFF fill bytes: skipped in C, a bounded window at a time
+        window = data[i : i + MAX_JPEG_FILL]
+        fill = len(window) - len(window.lstrip(b"\xff"))
+        if fill == len(window):
+            raise ImageError("JPEG with a run of fill bytes and no marker")
+        i += fill
         marker = data[i]
         i += 1
         if marker in _JPEG_STANDALONE:
@@ -108,6 +122,8 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
         if marker == 0xD9 or length < 2:  # EOI before any frame, or a nonsense length
             break
         i += length
+    else:
+        raise ImageError(f"JPEG with more than {MAX_JPEG_SEGMENTS} segments before its frame")
     raise ImageError("JPEG without a frame header")
 
 
