@@ -22,6 +22,7 @@ from app.adapters.base import AdapterContext, ImageAdapter
 from app.adapters.registry import build_adapter
 from app.catalog.loader import Catalog, load_catalog
 from app.db.engine import make_engine
+from app.images.work import ImageWorkPool
 from app.keys.auth import KeyAuthenticator
 from app.keys.service import KeyService
 from app.ledger.idempotency import IdempotencyStore
@@ -49,6 +50,8 @@ class Gateway:
     authenticator: KeyAuthenticator
     idempotency: IdempotencyStore
     rate_limiter: RateLimiter
+    #: decoding, transcoding and rendering, under the megapixel budget (`app.images.work`)
+    image_work: ImageWorkPool
     #: failed admin-token attempts per client address (`app.security.throttle`)
     admin_throttle: FailureThrottle
 
@@ -64,13 +67,20 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
     http = make_http_client(settings)
     rate_limiter = make_rate_limiter(settings.redis_url)
     ledger = Ledger(engine)
+    image_work = ImageWorkPool(
+        workers=settings.image_workers,
+        budget_pixels=settings.image_budget_megapixels * 1_000_000,
+    )
     gateway = Gateway(
         settings=settings,
         catalog=catalog,
         engine=engine,
         http=http,
         adapters=build_adapters(
-            catalog, AdapterContext(http=http, max_download_bytes=settings.max_download_bytes)
+            catalog,
+            AdapterContext(
+                http=http, max_download_bytes=settings.max_download_bytes, image_work=image_work
+            ),
         ),
         ledger=ledger,
         keys=KeyService(engine),
@@ -88,6 +98,7 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
         ),
         idempotency=IdempotencyStore(engine),
         rate_limiter=rate_limiter,
+        image_work=image_work,
         admin_throttle=FailureThrottle(
             what="admin token",
             burst=settings.admin_failure_burst,
@@ -111,3 +122,4 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
         await rate_limiter.aclose()
         await http.aclose()
         await engine.dispose()
+        image_work.shutdown()

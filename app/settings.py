@@ -6,6 +6,7 @@ Every knob the gateway has lives here; nothing else reads `os.environ` (the cata
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -81,6 +82,18 @@ class Settings(BaseSettings):
     )
     #: decoded size of any image, the client's or the provider's (decompression bombs)
     max_image_pixels: int = Field(default=100_000_000, validation_alias="GATEWAY_MAX_IMAGE_PIXELS")
+
+    # Image work (decode, transcode, render): bounded threads under a budget of decoded
+    # megapixels in flight, so concurrent worst-case uploads queue instead of multiplying RSS
+    image_workers: int = Field(
+        default_factory=lambda: min(4, os.cpu_count() or 1),
+        ge=1,
+        le=64,
+        validation_alias="GATEWAY_IMAGE_WORKERS",
+    )
+    image_budget_megapixels: int = Field(
+        default=100, ge=1, validation_alias="GATEWAY_IMAGE_BUDGET_MEGAPIXELS"
+    )
 
     # Upstream HTTP
     upstream_max_connections: int = Field(
