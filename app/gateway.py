@@ -22,6 +22,7 @@ from app.adapters.base import AdapterContext, ImageAdapter
 from app.adapters.registry import build_adapter
 from app.catalog.loader import Catalog, load_catalog
 from app.db.engine import make_engine
+from app.images.work import ImageWorkPool
 from app.keys.auth import KeyAuthenticator
 from app.keys.service import KeyService
 from app.ledger.budgets import file_clock
@@ -30,6 +31,7 @@ from app.ledger.service import Ledger
 from app.ledger.sweeper import Sweeper
 from app.ratelimit import make_rate_limiter
 from app.ratelimit.base import RateLimiter
+from app.security.throttle import FailureThrottle
 from app.settings import Settings
 from app.upstream_client import make_http_client
 
@@ -49,6 +51,10 @@ class Gateway:
     authenticator: KeyAuthenticator
     idempotency: IdempotencyStore
     rate_limiter: RateLimiter
+    #: decoding, transcoding and rendering, under the megapixel budget (`app.images.work`)
+    image_work: ImageWorkPool
+    #: failed admin-token attempts per client address (`app.security.throttle`)
+    admin_throttle: FailureThrottle
 
 
 def build_adapters(catalog: Catalog, context: AdapterContext) -> dict[str, ImageAdapter]:
@@ -62,24 +68,43 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
     http = make_http_client(settings)
     rate_limiter = make_rate_limiter(settings.redis_url)
     ledger = Ledger(engine, clock=file_clock(settings.clock_file))
+    image_work = ImageWorkPool(
+        workers=settings.image_workers,
+        budget_pixels=settings.image_budget_megapixels * 1_000_000,
+    )
     gateway = Gateway(
         settings=settings,
         catalog=catalog,
         engine=engine,
         http=http,
         adapters=build_adapters(
-            catalog, AdapterContext(http=http, max_download_bytes=settings.max_download_bytes)
+            catalog,
+            AdapterContext(
+                http=http, max_download_bytes=settings.max_download_bytes, image_work=image_work
+            ),
         ),
         ledger=ledger,
         keys=KeyService(engine),
         authenticator=KeyAuthenticator(
             engine,
             ttl_s=settings.key_cache_ttl_s,
+            unknown_ttl_s=settings.unknown_key_cache_ttl_s,
+            failure_throttle=FailureThrottle(
+                what="API key",
+                burst=settings.key_failure_burst,
+                refill_s=settings.key_failure_refill_s,
+            ),
             default_rpm=settings.default_key_rpm,
             default_max_concurrency=settings.default_key_max_concurrency,
         ),
         idempotency=IdempotencyStore(engine),
         rate_limiter=rate_limiter,
+        image_work=image_work,
+        admin_throttle=FailureThrottle(
+            what="admin token",
+            burst=settings.admin_failure_burst,
+            refill_s=settings.admin_failure_refill_s,
+        ),
     )
     sweeper = Sweeper(ledger, idempotency=gateway.idempotency)
     sweeper_task = asyncio.create_task(
@@ -98,3 +123,4 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
         await rate_limiter.aclose()
         await http.aclose()
         await engine.dispose()
+        image_work.shutdown()

@@ -6,6 +6,7 @@ Every knob the gateway has lives here; nothing else reads `os.environ` (the cata
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -14,6 +15,8 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SQLITE_PATH = Path("data") / "image-gateway.db"
+#: the admin token guards every balance: short enough to guess is refused at start-up
+MIN_ADMIN_TOKEN_CHARS = 32
 
 
 def normalize_database_url(url: str) -> str:
@@ -34,11 +37,27 @@ class Settings(BaseSettings):
     gateway_config: Path = Field(
         default=Path("config/models.yaml"), validation_alias="GATEWAY_CONFIG"
     )
+    #: at least MIN_ADMIN_TOKEN_CHARS characters; unset = the admin API is off
     admin_token: str | None = Field(default=None, validation_alias="GATEWAY_ADMIN_TOKEN")
     redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
 
     # Keys
     key_cache_ttl_s: float = Field(default=2.0, validation_alias="GATEWAY_KEY_CACHE_TTL_S")
+    #: how long an unknown key is remembered as unknown (new secrets are fresh random values)
+    unknown_key_cache_ttl_s: float = Field(
+        default=300.0, gt=0, validation_alias="GATEWAY_UNKNOWN_KEY_CACHE_TTL_S"
+    )
+    #: failed credential attempts per client address: a burst, then one per refill interval
+    key_failure_burst: int = Field(default=20, ge=1, validation_alias="GATEWAY_KEY_FAILURE_BURST")
+    key_failure_refill_s: float = Field(
+        default=3.0, gt=0, validation_alias="GATEWAY_KEY_FAILURE_REFILL_S"
+    )
+    admin_failure_burst: int = Field(
+        default=5, ge=1, validation_alias="GATEWAY_ADMIN_FAILURE_BURST"
+    )
+    admin_failure_refill_s: float = Field(
+        default=12.0, gt=0, validation_alias="GATEWAY_ADMIN_FAILURE_REFILL_S"
+    )
     default_key_rpm: int | None = Field(default=None, validation_alias="GATEWAY_DEFAULT_KEY_RPM")
     default_key_max_concurrency: int | None = Field(
         default=None, validation_alias="GATEWAY_DEFAULT_KEY_MAX_CONCURRENCY"
@@ -67,6 +86,18 @@ class Settings(BaseSettings):
     #: decoded size of any image, the client's or the provider's (decompression bombs)
     max_image_pixels: int = Field(default=100_000_000, validation_alias="GATEWAY_MAX_IMAGE_PIXELS")
 
+    # Image work (decode, transcode, render): bounded threads under a budget of decoded
+    # megapixels in flight, so concurrent worst-case uploads queue instead of multiplying RSS
+    image_workers: int = Field(
+        default_factory=lambda: min(4, os.cpu_count() or 1),
+        ge=1,
+        le=64,
+        validation_alias="GATEWAY_IMAGE_WORKERS",
+    )
+    image_budget_megapixels: int = Field(
+        default=100, ge=1, validation_alias="GATEWAY_IMAGE_BUDGET_MEGAPIXELS"
+    )
+
     # Upstream HTTP
     upstream_max_connections: int = Field(
         default=200, validation_alias="GATEWAY_UPSTREAM_MAX_CONNECTIONS"
@@ -80,6 +111,19 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=10, validation_alias="GATEWAY_DB_POOL_SIZE")
 
     log_level: str = Field(default="info", validation_alias="GATEWAY_LOG_LEVEL")
+
+    @field_validator("admin_token")
+    @classmethod
+    def _strong_admin_token(cls, value: str | None) -> str | None:
+        if not value:  # unset or empty: the admin API is off
+            return None
+        if len(value) < MIN_ADMIN_TOKEN_CHARS:
+            raise ValueError(
+                f"GATEWAY_ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_CHARS} characters "
+                f"(it has {len(value)}); generate one with: "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+        return value
 
     @field_validator("database_url")
     @classmethod

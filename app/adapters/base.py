@@ -24,6 +24,7 @@ from typing import Any, Literal, Protocol
 import httpx
 
 from app.catalog.schema import OutputFormat, ProviderConfig
+from app.images.work import ImageWorkPool, default_image_work
 
 SizingStyle = Literal["pixel", "tier", "aspect", "preset", "none"]
 
@@ -79,6 +80,8 @@ class AdapterContext:
 
     http: httpx.AsyncClient
     max_download_bytes: int
+    #: where decoding, resizing and rendering run (bounded threads, megapixel budget)
+    image_work: ImageWorkPool = field(default_factory=default_image_work)
 
 
 #: where an adapter hands a partial image (raw bytes, any format) while it works on a stream

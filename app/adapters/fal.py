@@ -331,6 +331,7 @@ class FalAdapter:
     """Runs one fal queue job per request through the shared client."""
 
     def __init__(self, provider: ProviderConfig, context: AdapterContext) -> None:
+        self._allow_private = provider.allow_private_network
         self._provider = provider
         self._context = context
         self._options = FalOptions.model_validate(provider.options)
@@ -436,6 +437,7 @@ class FalAdapter:
                     url,
                     max_bytes=self._context.max_download_bytes,
                     timeout_s=self._timeout_s,
+                    allow_private_network=self._allow_private,
                 )
                 return UpstreamImage(data)
 

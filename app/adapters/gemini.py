@@ -407,6 +407,7 @@ class GeminiAdapter:
     """Calls the Gemini API's `generateContent` through the shared client."""
 
     def __init__(self, provider: ProviderConfig, context: AdapterContext) -> None:
+        self._allow_private = provider.allow_private_network
         self._provider = provider
         self._context = context
         self._host = host_of(provider.base_url or DEFAULT_BASE_URL)
@@ -474,5 +475,6 @@ class GeminiAdapter:
             item.url,
             max_bytes=self._context.max_download_bytes,
             timeout_s=self._timeout_s,
+            allow_private_network=self._allow_private,
         )
         return UpstreamImage(data)

@@ -11,10 +11,13 @@ every image is a real PNG/JPEG/WebP of exactly the requested size, so the whole 
 
 The same inputs always give the same bytes; without a seed a random one is drawn, so two
 calls differ. For edits the first reference image, resized to the output size, replaces
-the gradient and is tinted with the image's colour. When streaming with `partial_images`,
-the first image is drawn early and sent as that many previews, blurred less each time (the
-provider's `latency_ms` is spread over them). Rendering and encoding are CPU work and
-run in worker threads (one per image, concurrently) so the event loop is never blocked.
+the gradient and is tinted with the image's colour: it is decoded once per request, directly
+at the output size (JPEG at 1/2..1/8 scale via `draft`), and shared by all n images. When
+streaming with `partial_images`, the first image is drawn early and sent as that many
+previews, blurred less each time (the provider's `latency_ms` is spread over them).
+Decoding, rendering and encoding run in the process's image work pool (`app.images.work`),
+each job stating its pixels first, so concurrent worst-case edits queue under the megapixel
+budget instead of multiplying memory, and the event loop is never blocked.
 
 Provider options: `latency_ms` sleeps before rendering, to simulate a remote provider in
 tests and benchmarks.
@@ -23,7 +26,6 @@ tests and benchmarks.
 from __future__ import annotations
 
 import hashlib
-import io
 import secrets
 import textwrap
 from collections.abc import Awaitable, Callable
@@ -31,7 +33,6 @@ from functools import lru_cache
 from typing import Final
 
 import anyio
-import anyio.to_thread
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from app.adapters.base import (
@@ -44,7 +45,7 @@ from app.adapters.base import (
 from app.adapters.concurrency import settle, successes
 from app.catalog.schema import OutputFormat, ProviderConfig
 from app.errors import InvalidParameter, InvalidRequest
-from app.images.codec import encode
+from app.images.codec import ImageError, decode_fitted, decoded_pixels, encode
 
 DEFAULT_SIZE: Final = (1024, 1024)
 #: a guard against absurd sizes reaching Pillow (64 MP); the catalog normally limits first
@@ -58,6 +59,7 @@ class LocalPreviewAdapter:
 
     def __init__(self, provider: ProviderConfig, context: AdapterContext) -> None:
         self._latency_s = float(provider.options.get("latency_ms", 0)) / 1000
+        self._work = context.image_work
 
     async def generate(
         self,
@@ -67,8 +69,21 @@ class LocalPreviewAdapter:
         on_partial: PartialSink | None = None,
     ) -> AdapterResult:
         width, height = requested_size(request)
+        pixels = width * height
         seed = request.seed if request.seed is not None else secrets.randbits(31)
-        background = request.images[0] if request.images else None
+        work = self._work
+        background: Image.Image | None = None
+        if request.images:  # decoded once, at the output size, shared by every image
+            reference = request.images[0]
+            try:
+                decoded = decoded_pixels(reference, (width, height))
+                background = await work.run(
+                    decoded + pixels, decode_fitted, reference, (width, height)
+                )
+            except ImageError as exc:  # truncated or corrupt despite valid magic bytes
+                raise InvalidRequest(
+                    "the reference image cannot be decoded", code="INVALID_IMAGE"
+                ) from exc
 
         def draw_one(index: int) -> Image.Image:
             return draw(
@@ -85,18 +100,20 @@ class LocalPreviewAdapter:
         # The latency is spread over the previews, as a remote model's progress would be.
         pause = self._latency_s / (partials + 1)
         if partials and on_partial is not None:
-            first = await anyio.to_thread.run_sync(lambda: draw_one(0))
+            first = await work.run(pixels * 2, draw_one, 0)
             for stage in range(partials):
                 await anyio.sleep(pause)
                 fmt = request.output_format
-                await on_partial(await anyio.to_thread.run_sync(blurred, first, stage, fmt))
+                await on_partial(await work.run(pixels * 2, blurred, first, stage, fmt))
         if pause > 0:
             await anyio.sleep(pause)
 
+        def render(index: int) -> bytes:
+            return encode(draw_one(index), request.output_format)
+
         def render_one(index: int) -> Callable[[], Awaitable[bytes]]:
-            return lambda: anyio.to_thread.run_sync(
-                lambda: encode(draw_one(index), request.output_format)
-            )
+            # the drawing and its encoder's buffers: about two images' worth at once
+            return lambda: work.run(pixels * 2, render, index)
 
         images = successes(await settle([render_one(i) for i in range(request.n)]))
         return AdapterResult(images=[UpstreamImage(data=data) for data in images])
@@ -135,7 +152,7 @@ def draw(
     height: int,
     index: int,
     n: int,
-    background: bytes | None = None,
+    background: Image.Image | None = None,
 ) -> Image.Image:
     """One deterministic image, not yet encoded. Blocking."""
     digest = hashlib.sha256(f"{seed}\x00{width}x{height}\x00{index}\x00{prompt}".encode()).digest()
@@ -143,7 +160,7 @@ def draw(
     if background is None:
         image = _gradient(colours[:4], width, height)
     else:
-        image = _tinted(background, colours[0], width, height)
+        image = Image.blend(background, Image.new("RGB", (width, height), colours[0]), 0.3)
     canvas = ImageDraw.Draw(image)
     _discs(canvas, digest, colours[4:], width, height)
     _caption(canvas, prompt, f"image {index + 1}/{n} · seed {seed}", width, height)
@@ -169,16 +186,6 @@ def _gradient(corners: list[Colour], width: int, height: int) -> Image.Image:
         Image.Resampling.BILINEAR,
     )
     return small.resize((width, height), Image.Resampling.BILINEAR)
-
-
-def _tinted(reference: bytes, tint: Colour, width: int, height: int) -> Image.Image:
-    try:
-        with Image.open(io.BytesIO(reference)) as source:
-            source.draft("RGB", (width, height))  # JPEG: decode at reduced scale, much faster
-            base = source.convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
-    except OSError as exc:  # truncated or corrupt despite valid magic bytes
-        raise InvalidRequest("the reference image cannot be decoded", code="INVALID_IMAGE") from exc
-    return Image.blend(base, Image.new("RGB", (width, height), tint), 0.3)
 
 
 def _discs(

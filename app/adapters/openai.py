@@ -277,6 +277,7 @@ class OpenAIAdapter:
     """Calls an OpenAI-compatible Images API through the shared client."""
 
     def __init__(self, provider: ProviderConfig, context: AdapterContext) -> None:
+        self._allow_private = provider.allow_private_network
         self._provider = provider
         self._context = context
         self._host = host_of(provider.base_url or DEFAULT_BASE_URL)
@@ -355,6 +356,7 @@ class OpenAIAdapter:
                     item.url,
                     max_bytes=self._context.max_download_bytes,
                     timeout_s=self._timeout_s,
+                    allow_private_network=self._allow_private,
                 )
                 return UpstreamImage(data, item.revised_prompt)
 

@@ -283,6 +283,7 @@ class ReplicateAdapter:
     """Runs Replicate predictions through the shared client."""
 
     def __init__(self, provider: ProviderConfig, context: AdapterContext) -> None:
+        self._allow_private = provider.allow_private_network
         self._provider = provider
         self._context = context
         self._base_url = (provider.base_url or DEFAULT_BASE_URL).rstrip("/")
@@ -417,6 +418,7 @@ class ReplicateAdapter:
                     url,
                     max_bytes=self._context.max_download_bytes,
                     timeout_s=self._timeout_s,
+                    allow_private_network=self._allow_private,
                 )
                 return UpstreamImage(data)
 

@@ -259,6 +259,7 @@ class SeedreamAdapter:
     """Calls BytePlus ModelArk's image generation API through the shared client."""
 
     def __init__(self, provider: ProviderConfig, context: AdapterContext) -> None:
+        self._allow_private = provider.allow_private_network
         n_mode = provider.options.get("n_mode", "fan_out")
         if n_mode not in _N_MODES:
             raise ValueError(f"seedream: options.n_mode must be one of {_N_MODES}, not {n_mode!r}")
@@ -338,6 +339,7 @@ class SeedreamAdapter:
                     item.url,
                     max_bytes=self._context.max_download_bytes,
                     timeout_s=self._timeout_s,
+                    allow_private_network=self._allow_private,
                 )
                 return UpstreamImage(data)
 

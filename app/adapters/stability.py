@@ -52,7 +52,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
-import anyio.to_thread
 import httpx
 import orjson
 from PIL import Image
@@ -81,7 +80,7 @@ from app.errors import (
     InvalidParameter,
     UpstreamError,
 )
-from app.images.codec import ImageError, decode_b64, encode, sniff_format
+from app.images.codec import ImageError, decode_b64, decoded_pixels, encode, sniff_format
 
 DEFAULT_BASE_URL: Final = "https://api.stability.ai"
 ASPECT_RATIOS: Final = ("1:1", "16:9", "21:9", "2:3", "3:2", "4:5", "5:4", "9:16", "9:21")
@@ -317,7 +316,14 @@ class StabilityAdapter:
 
         if request.images and request.mask is not None:
             mask = request.mask
-            request = replace(request, mask=await anyio.to_thread.run_sync(stability_mask, mask))
+            # the conversion decodes the mask: in the pool, under the megapixel budget
+            # (RGBA copy + alpha channel: about twice its pixels at once)
+            try:
+                pixels = 2 * decoded_pixels(mask)
+            except ImageError as exc:
+                raise InvalidParameter("the mask is not a readable image", param="mask") from exc
+            converted = await self._context.image_work.run(pixels, stability_mask, mask)
+            request = replace(request, mask=converted)
         with deadline(self._host, self._timeout_s):
             outcomes = await settle([one(i) for i in range(request.n)])
         return AdapterResult(images=successes(outcomes))

@@ -24,8 +24,10 @@ import httpx
 
 from app.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from app.images.codec import ImageError, decode_data_uri
+from app.security.addresses import check_public_host
 
 MAX_MESSAGE_CHARS: Final = 500
+MAX_REDIRECTS: Final = 5
 _KEY_SHAPED: Final = re.compile(
     r"(?i)\b(?:bearer\s+\S+|(?:sk|pk|rk|xai|key|api[-_]?key)[-_][A-Za-z0-9_*.\-]{6,})"
 )
@@ -79,11 +81,21 @@ async def read_limited(response: httpx.Response, limit: int, *, what: str) -> by
     return b"".join(chunks)
 
 
-async def download(http: httpx.AsyncClient, url: str, *, max_bytes: int, timeout_s: float) -> bytes:
+async def download(
+    http: httpx.AsyncClient,
+    url: str,
+    *,
+    max_bytes: int,
+    timeout_s: float,
+    allow_private_network: bool = False,
+) -> bytes:
     """Fetch a result URL (or decode a `data:` URI), at most `max_bytes`.
 
     Only http(s) is followed, and without the provider's credentials: result URLs are
-    pre-signed links, often on another host, which must never see our key.
+    pre-signed links, often on another host, which must never see our key. Every hop (the
+    URL and each of at most MAX_REDIRECTS redirects) is resolved and refused when it leads
+    to a private, loopback or link-local address, unless the provider allows it
+    (`app.security.addresses`).
     """
     if url.startswith("data:"):
         try:
@@ -93,16 +105,27 @@ async def download(http: httpx.AsyncClient, url: str, *, max_bytes: int, timeout
         if len(data) > max_bytes:
             raise UpstreamError(f"image is {len(data)} bytes, over the {max_bytes}-byte limit")
         return data
-    if not url.startswith(("https://", "http://")):
-        raise UpstreamError("provider returned an image URL that is not http(s)")
-    host = host_of(url)
-    with transport_errors(host, timeout_s):
-        async with http.stream("GET", url, timeout=timeout_s) as response:
-            if not response.is_success:
-                raise UpstreamError(
-                    f"downloading the image from {host} failed (HTTP {response.status_code})"
-                )
-            return await read_limited(response, max_bytes, what=f"image from {host}")
+    for _ in range(MAX_REDIRECTS + 1):
+        if not url.startswith(("https://", "http://")):
+            raise UpstreamError("provider returned an image URL that is not http(s)")
+        parsed = httpx.URL(url)
+        host = host_of(url)
+        if not allow_private_network:
+            await check_public_host(
+                parsed.host, parsed.port or (443 if parsed.scheme == "https" else 80)
+            )
+        with transport_errors(host, timeout_s):
+            async with http.stream("GET", url, timeout=timeout_s) as response:
+                location = response.headers.get("location")
+                if response.is_redirect and location:
+                    url = str(parsed.join(location))
+                    continue
+                if not response.is_success:
+                    raise UpstreamError(
+                        f"downloading the image from {host} failed (HTTP {response.status_code})"
+                    )
+                return await read_limited(response, max_bytes, what=f"image from {host}")
+    raise UpstreamError(f"downloading the image took more than {MAX_REDIRECTS} redirects")
 
 
 def retry_after(headers: httpx.Headers) -> float | None:

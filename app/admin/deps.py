@@ -6,7 +6,10 @@ so tests can mount the router on a small app with just those attributes.
 
 The guard runs on every admin route: with `GATEWAY_ADMIN_TOKEN` unset the whole admin API
 answers 404 (it is off, and says nothing about its existence); otherwise the bearer token must
-match exactly (constant-time comparison) or the answer is 401 `INVALID_ADMIN_TOKEN`.
+match exactly (constant-time comparison) or the answer is 401 `INVALID_ADMIN_TOKEN`. Failed
+attempts are counted per client address (`admin_throttle`, `app.security.throttle`): after a
+burst of them the address gets 429 `RATE_LIMITED` with `Retry-After`, before its token is even
+compared, so the (>= 32-character) token cannot be guessed at line rate.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from app.keys.auth import KeyAuthenticator
 from app.keys.service import KeyService
 from app.ledger.idempotency import IdempotencyStore
 from app.ledger.service import Ledger
+from app.security.throttle import FailureThrottle, client_address
 from app.settings import Settings
 
 DEFAULT_PAGE_SIZE = 50
@@ -44,6 +48,8 @@ class AdminGateway(Protocol):
     def authenticator(self) -> KeyAuthenticator: ...
     @property
     def idempotency(self) -> IdempotencyStore: ...
+    @property
+    def admin_throttle(self) -> FailureThrottle: ...
 
 
 def get_gateway(request: Request) -> AdminGateway:
@@ -51,14 +57,19 @@ def get_gateway(request: Request) -> AdminGateway:
     return gateway
 
 
-def require_admin(request: Request) -> None:
-    expected = get_gateway(request).settings.admin_token
+async def require_admin(request: Request) -> None:
+    # async: FastAPI would run a plain `def` dependency in a worker thread
+    gateway = get_gateway(request)
+    expected = gateway.settings.admin_token
     if not expected:
         raise NotFound("Not found: no route matches this path.", code="NOT_FOUND")
+    address = client_address(request)
+    gateway.admin_throttle.check(address)
     scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(
         token.strip().encode(), expected.encode()
     ):
+        gateway.admin_throttle.record_failure(address)
         raise AuthenticationError(
             "Invalid admin token: send Authorization: Bearer $GATEWAY_ADMIN_TOKEN.",
             code="INVALID_ADMIN_TOKEN",

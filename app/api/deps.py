@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from app.errors import PayloadTooLarge
 from app.gateway import Gateway
 from app.keys.auth import AuthenticatedKey
+from app.security.throttle import client_address
 
 
 async def get_gateway(request: Request) -> Gateway:
@@ -19,7 +20,9 @@ async def get_gateway(request: Request) -> Gateway:
 
 async def get_current_key(request: Request) -> AuthenticatedKey:
     gateway: Gateway = request.app.state.gateway
-    return await gateway.authenticator.authenticate(request.headers.get("authorization"))
+    return await gateway.authenticator.authenticate(
+        request.headers.get("authorization"), address=client_address(request)
+    )
 
 
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]

@@ -55,10 +55,20 @@ def _validation_error(exc: RequestValidationError) -> GatewayError:
     return InvalidParameter(f"Invalid value for '{param}': {message}", param=param)
 
 
+class _StarletteError(GatewayError):
+    """A routing-level HTTP error (405, ...), keeping the headers Starlette gave it."""
+
+    extra_headers: dict[str, str]
+
+    def headers(self) -> dict[str, str]:
+        return {**super().headers(), **self.extra_headers}
+
+
 def _http_error(exc: StarletteHTTPException) -> GatewayError:
     if exc.status_code == 404:
         return NotFound("Not found: no route matches this path.", code="NOT_FOUND")
-    error = GatewayError(str(exc.detail), code=f"HTTP_{exc.status_code}")
+    error = _StarletteError(str(exc.detail), code=f"HTTP_{exc.status_code}")
+    error.extra_headers = dict(exc.headers or {})  # 405 carries Allow
     error.status = exc.status_code  # type: ignore[misc]  # instance override of the class default
     error.type = "invalid_request_error" if exc.status_code < 500 else "server_error"  # type: ignore[misc]
     return error

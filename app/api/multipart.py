@@ -28,6 +28,7 @@ from app.images.edits import RequestBody
 IMAGE_PARTS: Final = frozenset({"image", "image[]"})
 MAX_FIELD_BYTES: Final = 1024 * 1024
 MAX_PARTS: Final = 128
+MAX_BOUNDARY_CHARS: Final = 256
 
 
 @dataclass(slots=True)
@@ -125,6 +126,10 @@ async def read_edit_form(
     boundary = params.get(b"boundary")
     if not boundary:
         raise InvalidRequest("The multipart/form-data Content-Type has no boundary.")
+    if len(boundary) > MAX_BOUNDARY_CHARS:  # RFC 2046 allows 70; python-multipart 256
+        raise InvalidRequest(
+            f"The multipart boundary is longer than {MAX_BOUNDARY_CHARS} characters."
+        )
     reader = _FormReader(max_image_bytes=max_image_bytes)
     parser = MultipartParser(
         boundary,

@@ -30,6 +30,10 @@ class ProviderConfig(_Strict):
     #: Azure-style deployments: appended as `?api-version=...`
     api_version: str | None = None
     timeout_s: float = Field(default=120.0, gt=0)
+    #: result URLs may point at private, loopback or link-local addresses (an in-cluster
+    #: provider, a test mock); off by default, so a provider cannot make the gateway fetch
+    #: internal addresses
+    allow_private_network: bool = False
     #: adapter-specific knobs (poll interval, ...), passed through untouched
     options: dict[str, Any] = Field(default_factory=dict)
 

@@ -10,8 +10,9 @@
 Everything here runs once per image on the hot path, so the cheap calls stay cheap:
 `image_size` reads the few header bytes that carry the dimensions (PNG IHDR, JPEG SOFn,
 WebP VP8/VP8L/VP8X) itself, which is ~50x faster than opening the file with Pillow.
-`transcode` is the only call that decodes pixels; it is CPU-bound and blocking, so async
-callers use `transcode_async` (a worker thread) to keep the event loop free.
+`transcode` and `decode_fitted` are the calls that decode pixels; they are CPU-bound and
+blocking, so async callers run them in the image work pool (`app.images.work`) under its
+megapixel budget, stated beforehand from the header (`decoded_pixels`).
 
 Malformed input raises `ImageError` (a `ValueError`), which knows nothing of HTTP: the
 caller decides whether bad bytes are the client's fault (400) or the provider's (502).
@@ -31,8 +32,19 @@ import anyio.to_thread
 from PIL import Image
 
 from app.errors import InvalidRequest
+from app.images.work import ImageWorkPool
 
 ImageFormat = Literal["png", "jpeg", "webp"]
+
+# Every header is checked against GATEWAY_MAX_IMAGE_PIXELS (`check_pixels`) before anything
+# decodes it, and the work pool bounds what is decoded at once; Pillow's own process-wide
+# guess (89 MP, a warning, then an error) would contradict the operator's setting.
+Image.MAX_IMAGE_PIXELS = None
+# Pillow allocates pixels in 16 MiB blocks; glibc serves blocks under its (dynamic, up to
+# 32 MiB) mmap threshold from thread heaps that keep freed memory resident, so after one
+# big decode each worker thread would hold on to hundreds of MiB. 64 MiB blocks are always
+# mmapped and go back to the OS the moment an image is freed.
+Image.core.set_block_size(64 * 1024 * 1024)  # type: ignore[attr-defined]
 
 # Measured on a 1024x1024 photo-like image: PNG level 1 encodes in ~60 ms vs ~245 ms at
 # Pillow's default 6 for ~35% more bytes; WebP method 1 takes ~40 ms vs ~95 ms at libwebp's
@@ -46,6 +58,9 @@ _PNG_MAGIC: Final = b"\x89PNG\r\n\x1a\n"
 _JPEG_SOF: Final = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 # Markers without a length field: TEM, RSTn, SOI.
 _JPEG_STANDALONE: Final = frozenset({0x01, *range(0xD0, 0xD9)})
+MAX_JPEG_FILL: Final = 64 * 1024
+#: segments read before a JPEG's frame header; beyond it the file is refused, not walked
+MAX_JPEG_SEGMENTS: Final = 1024
 
 
 class ImageError(ValueError):
@@ -91,12 +106,23 @@ def _png_size(data: bytes) -> tuple[int, int]:
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int]:
+    # Attacker-chosen input: the walk is bounded. Fill bytes are skipped by `bytes.lstrip`
+    # (C) over at most MAX_JPEG_FILL bytes, never byte by byte in Python, and at most
+    # MAX_JPEG_SEGMENTS segments are visited before the frame header (real files carry a few
+    # dozen: APPn, DQT, DHT, ICC chunks), so a 19 MB file of 4-byte APP0 segments costs
+    # microseconds, not seconds of the event loop.
     i, end = 2, len(data)
-    while i < end:
+    for _ in range(MAX_JPEG_SEGMENTS):
+        if i >= end:
+            break
         if data[i] != 0xFF:
             raise ImageError("corrupt JPEG marker stream")
-        while data[i] == 0xFF:  # markers may be padded with any number of 0xFF fill bytes
-            i += 1
+        # markers may be padded with 0xFF fill bytes: skipped in C, a bounded window at a time
+        window = data[i : i + MAX_JPEG_FILL]
+        fill = len(window) - len(window.lstrip(b"\xff"))
+        if fill == len(window):
+            raise ImageError("JPEG with a run of fill bytes and no marker")
+        i += fill
         marker = data[i]
         i += 1
         if marker in _JPEG_STANDALONE:
@@ -108,6 +134,8 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
         if marker == 0xD9 or length < 2:  # EOI before any frame, or a nonsense length
             break
         i += length
+    else:
+        raise ImageError(f"JPEG with more than {MAX_JPEG_SEGMENTS} segments before its frame")
     raise ImageError("JPEG without a frame header")
 
 
@@ -152,6 +180,59 @@ def check_pixels(
         raise error(f"image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels")
 
 
+def decoded_pixels(data: bytes, target: tuple[int, int] | None = None) -> int:
+    """How many pixels decoding `data` holds in memory, read for a `target` size.
+
+    JPEG decodes at 1/2, 1/4 or 1/8 scale when the target is that much smaller (libjpeg's
+    DCT scaling, Pillow's `draft`; this mirrors its choice of scale); PNG and WebP always
+    decode in full. Header-only: nothing is decoded here.
+    """
+    width, height = image_size(data)
+    if target is None or sniff_format(data) != "jpeg":
+        return width * height
+    scale = _jpeg_draft_scale((width, height), target)
+    return -(-width // scale) * -(-height // scale)
+
+
+def _jpeg_draft_scale(size: tuple[int, int], target: tuple[int, int]) -> int:
+    ratio = min(size[0] // max(1, target[0]), size[1] // max(1, target[1]))
+    return next((scale for scale in (8, 4, 2) if ratio >= scale), 1)
+
+
+def decode_fitted(data: bytes, size: tuple[int, int]) -> Image.Image:
+    """`data` decoded once, at the smallest scale that still covers `size`, as RGB of `size`.
+
+    Blocking: run it in the image work pool with `decoded_pixels(data, size)`. JPEG uses
+    `draft` (decoded at reduced scale). PNG and WebP can only decode in full, so the decoded
+    image is box-reduced strip by strip into a small RGB copy: every whole-image operation
+    (an RGB conversion, Pillow's alpha premultiplication inside `resize`) would allocate a
+    second full-size image, doubling the cost of a decompression bomb.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as source:
+            source.draft("RGB", size)  # a no-op for anything but JPEG
+            source.load()
+            factor = max(1, min(source.width // size[0], source.height // size[1]))
+            reduced = _reduce_in_strips(source, factor)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageError(f"cannot decode image: {exc}") from exc
+    return reduced.resize(size, Image.Resampling.BILINEAR)
+
+
+#: rows of the decoded image converted at once: bounds the temporary copies to a strip
+_STRIP_PIXELS: Final = 4_000_000
+
+
+def _reduce_in_strips(source: Image.Image, factor: int) -> Image.Image:
+    width, height = source.size
+    rows = max(factor, _STRIP_PIXELS // max(1, width) // factor * factor)
+    out = Image.new("RGB", (-(-width // factor), -(-height // factor)))
+    for top in range(0, height, rows):
+        strip = source.crop((0, top, width, min(height, top + rows))).convert("RGB")
+        out.paste(strip.reduce(factor) if factor > 1 else strip, (0, top // factor))
+    return out
+
+
 def transcode(
     data: bytes,
     to: ImageFormat,
@@ -182,11 +263,20 @@ async def transcode_async(
     *,
     quality: int = DEFAULT_QUALITY,
     max_pixels: int | None = None,
+    work: ImageWorkPool | None = None,
 ) -> bytes:
-    """`transcode` in a worker thread, so the event loop keeps serving other requests."""
-    return await anyio.to_thread.run_sync(
-        lambda: transcode(data, to, quality=quality, max_pixels=max_pixels)
-    )
+    """`transcode` in the image work pool (or, without one, a worker thread), so the event
+    loop keeps serving other requests."""
+
+    def run() -> bytes:
+        return transcode(data, to, quality=quality, max_pixels=max_pixels)
+
+    if work is None:
+        return await anyio.to_thread.run_sync(run)
+    pixels = image_size(data)
+    if max_pixels is not None:  # refused before it takes budget
+        check_pixels(pixels, max_pixels, error=ImageError)
+    return await work.run(pixels[0] * pixels[1], run)
 
 
 def encode(image: Image.Image, fmt: ImageFormat, *, quality: int = DEFAULT_QUALITY) -> bytes:

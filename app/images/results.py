@@ -22,6 +22,7 @@ from app.adapters.base import AdapterResult, TokenUsage
 from app.catalog.schema import OutputFormat
 from app.errors import UpstreamError
 from app.images import codec
+from app.images.work import ImageWorkPool
 from app.money import micros_to_json
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,11 @@ class Delivery:
 
 
 async def finish_images(
-    result: AdapterResult, *, output_format: OutputFormat, max_pixels: int
+    result: AdapterResult,
+    *,
+    output_format: OutputFormat,
+    max_pixels: int,
+    work: ImageWorkPool | None = None,
 ) -> list[FinishedImage]:
     """Normalise the adapter's images; unusable ones are dropped (and not billed)."""
     finished: list[FinishedImage] = []
@@ -59,6 +64,7 @@ async def finish_images(
             output_format=output_format,
             max_pixels=max_pixels,
             revised_prompt=image.revised_prompt,
+            work=work,
         )
         if done is not None:
             finished.append(done)
@@ -73,6 +79,7 @@ async def finish_image(
     output_format: OutputFormat,
     max_pixels: int,
     revised_prompt: str | None = None,
+    work: ImageWorkPool | None = None,
 ) -> FinishedImage | None:
     """One upstream image (or streamed partial image) normalised; None if it is unusable."""
     fmt = codec.sniff_format(data)
@@ -84,7 +91,7 @@ async def finish_image(
         if width * height > max_pixels:
             raise codec.ImageError(f"{width}x{height} exceeds the pixel limit")
         if fmt != output_format:
-            data = await codec.transcode_async(data, output_format)
+            data = await codec.transcode_async(data, output_format, work=work)
     except (codec.ImageError, OSError, ValueError) as exc:
         logger.warning("dropping an unusable upstream image: %s", exc)
         return None

@@ -14,11 +14,17 @@ Cache freshness, stated plainly:
   ledger's charge statement re-checks the key in the same atomic statement, so a revoked key
   can never be charged.
 
-Unknown secrets are cached too (as "unknown", for the same TTL, in a separate, smaller map so
-a flood of random keys cannot evict the real ones). That is safe for new keys: a secret only
-becomes valid when `generate_secret` draws it, 256 fresh random bits nobody can have sent
-before. It spares the database from a client that keeps retrying with a deleted key.
-Concurrent misses on the same hash share one query.
+Unknown secrets are cached too (as "unknown", for `unknown_ttl_s`, default 5 minutes, in a
+separate, smaller map so a flood of random keys cannot evict the real ones). That is safe for
+new keys: a secret only becomes valid when `generate_secret` draws it, 256 fresh random bits
+nobody can have sent before. It spares the database from a client that keeps retrying with a
+deleted key. Concurrent misses on the same hash share one query.
+
+A client sending ever-new random keys defeats any cache, so unknown keys also cost their sender
+a failure budget per client address (`failure_throttle`): once it is spent, every key that
+is not already cached as valid is answered 429 `RATE_LIMITED` with `Retry-After` before any
+query. Database work for unknown keys is thereby bounded by (addresses x refill rate), and a
+valid, recently used key keeps working even from a throttled address (a shared NAT).
 
 The stored hash is compared with `hmac.compare_digest` even though the lookup was by hash, so
 no code path compares secret-derived strings in variable time. Error messages show at most
@@ -40,6 +46,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.errors import AuthenticationError, PermissionDenied
 from app.keys.repository import KeyRepository, KeyWithAccount
 from app.keys.secrets import display_prefix, hash_secret, looks_like_key
+from app.security.throttle import FailureThrottle
 
 MISSING_KEY_MESSAGE = (
     "You didn't provide an API key. You need to provide your API key in an Authorization "
@@ -77,6 +84,8 @@ class KeyAuthenticator:
         engine: AsyncEngine,
         *,
         ttl_s: float = 2.0,
+        unknown_ttl_s: float | None = None,
+        failure_throttle: FailureThrottle | None = None,
         default_rpm: int | None = None,
         default_max_concurrency: int | None = None,
         max_entries: int = 10_000,
@@ -85,6 +94,8 @@ class KeyAuthenticator:
     ) -> None:
         self._engine = engine
         self._ttl_s = ttl_s
+        self._unknown_ttl_s = ttl_s if unknown_ttl_s is None else unknown_ttl_s
+        self._throttle = failure_throttle
         self._default_rpm = default_rpm
         self._default_max_concurrency = default_max_concurrency
         self._max_entries = max_entries
@@ -96,12 +107,20 @@ class KeyAuthenticator:
         # bumped by every invalidation; a lookup that started before one is not cached
         self._generation = 0
 
-    async def authenticate(self, authorization: str | None) -> AuthenticatedKey:
-        """The key behind an `Authorization` header value, or the 401/403 that explains why not."""
+    async def authenticate(
+        self, authorization: str | None, *, address: str | None = None
+    ) -> AuthenticatedKey:
+        """The key behind an `Authorization` header value, or the 401/403/429 that explains
+        why not. `address` (the client's) is charged for unknown keys."""
         secret = _bearer_secret(authorization)
         key_hash = hash_secret(secret)
+        throttle = self._throttle if address is not None else None
+        if throttle is not None and address is not None and not self._known_fresh(key_hash):
+            throttle.check(address)
         found = await self._lookup(key_hash)
         if found is None or not hmac.compare_digest(found.key.key_hash, key_hash):
+            if throttle is not None and address is not None:
+                throttle.record_failure(address)
             raise AuthenticationError(f"Incorrect API key provided: {display_prefix(secret)}***.")
         key = found.key
         if key.revoked_at is not None:
@@ -141,6 +160,10 @@ class KeyAuthenticator:
         self._unknown.clear()
         self._loading.clear()
 
+    def _known_fresh(self, key_hash: str) -> bool:
+        entry = self._known.get(key_hash)
+        return entry is not None and entry.expires > self._clock()
+
     async def _lookup(self, key_hash: str) -> KeyWithAccount | None:
         now = self._clock()
         for cache in (self._known, self._unknown):
@@ -173,12 +196,12 @@ class KeyAuthenticator:
         return found
 
     def _remember(self, key_hash: str, found: KeyWithAccount | None) -> None:
-        cache, limit = (
-            (self._known, self._max_entries)
+        cache, limit, ttl_s = (
+            (self._known, self._max_entries, self._ttl_s)
             if found is not None
-            else (self._unknown, self._max_unknown_entries)
+            else (self._unknown, self._max_unknown_entries, self._unknown_ttl_s)
         )
-        cache[key_hash] = _Entry(found, self._clock() + self._ttl_s)
+        cache[key_hash] = _Entry(found, self._clock() + ttl_s)
         cache.move_to_end(key_hash)
         while len(cache) > limit:
             cache.popitem(last=False)

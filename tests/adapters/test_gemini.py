@@ -33,7 +33,7 @@ from app.images.codec import image_size, sniff_format
 from tests.mocks.gemini_upstream import MockGeminiUpstream, google_error
 
 KEY = "AIzaSy-gemini-SECRET-0123456789"
-GOOGLE = ProviderConfig(adapter="gemini", api_key=KEY)
+GOOGLE = ProviderConfig(allow_private_network=True, adapter="gemini", api_key=KEY)
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
 JPEG = b"\xff\xd8\xff" + b"\x00" * 16
 
@@ -98,6 +98,7 @@ def test_edit_images_come_before_the_prompt_and_mask_is_not_sent() -> None:
 
 def test_forwarded_fields_land_where_gemini_expects_them() -> None:
     provider = ProviderConfig(
+        allow_private_network=True,
         adapter="gemini",
         api_key=KEY,
         base_url="https://proxy.example/",
@@ -319,7 +320,9 @@ def make_adapter(
         "timeout_s": 10,
     }
     settings.update(config)
-    return GeminiAdapter(ProviderConfig.model_validate(settings), context)
+    return GeminiAdapter(
+        ProviderConfig.model_validate({"allow_private_network": True, **settings}), context
+    )
 
 
 PRO = "gemini-3-pro-image-preview"
@@ -534,7 +537,13 @@ async def test_connection_refused(context: AdapterContext) -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     adapter = GeminiAdapter(
-        ProviderConfig(adapter="gemini", base_url=f"http://127.0.0.1:{port}", api_key=KEY), context
+        ProviderConfig(
+            allow_private_network=True,
+            adapter="gemini",
+            base_url=f"http://127.0.0.1:{port}",
+            api_key=KEY,
+        ),
+        context,
     )
 
     with pytest.raises(UpstreamUnavailable, match="ConnectError"):

@@ -19,7 +19,7 @@ from app.images.codec import image_size, sniff_format
 
 pytestmark = pytest.mark.anyio
 
-PROVIDER = ProviderConfig(adapter="local-preview")
+PROVIDER = ProviderConfig(allow_private_network=True, adapter="local-preview")
 
 
 def make_request(**changes: object) -> ImageRequest:
@@ -120,7 +120,10 @@ async def test_corrupt_reference_image_is_the_clients_error(adapter: LocalPrevie
 
 async def test_latency_option_delays_the_answer(context: AdapterContext) -> None:
     slow = LocalPreviewAdapter(
-        ProviderConfig(adapter="local-preview", options={"latency_ms": 150}), context
+        ProviderConfig(
+            allow_private_network=True, adapter="local-preview", options={"latency_ms": 150}
+        ),
+        context,
     )
     started = time.perf_counter()
     await slow.generate(make_request(params={"width": 16, "height": 16}), upstream_model="p")
@@ -132,13 +135,15 @@ async def test_registry_builds_every_known_adapter(http: httpx.AsyncClient) -> N
     assert known_adapters() >= {"local-preview", "openai"}
     assert isinstance(build_adapter(PROVIDER, context), LocalPreviewAdapter)
     for name in known_adapters():
-        build_adapter(ProviderConfig(adapter=name, api_key="k"), context)
+        build_adapter(
+            ProviderConfig(allow_private_network=True, adapter=name, api_key="k"), context
+        )
 
 
 async def test_registry_rejects_unknown_adapter_names(http: httpx.AsyncClient) -> None:
     context = AdapterContext(http=http, max_download_bytes=1024)
     with pytest.raises(ValueError, match=r"unknown adapter 'nope'.*local-preview, openai"):
-        build_adapter(ProviderConfig(adapter="nope"), context)
+        build_adapter(ProviderConfig(allow_private_network=True, adapter="nope"), context)
 
 
 async def test_partial_images_come_before_the_result(adapter: LocalPreviewAdapter) -> None:

@@ -47,7 +47,9 @@ def make_adapter(
         "timeout_s": 10,
     }
     settings.update(config)
-    return OpenAIAdapter(ProviderConfig.model_validate(settings), context)
+    return OpenAIAdapter(
+        ProviderConfig.model_validate({"allow_private_network": True, **settings}), context
+    )
 
 
 async def test_gpt_image_b64(upstream: MockOpenAIUpstream, context: AdapterContext) -> None:
@@ -320,7 +322,12 @@ async def test_connection_refused(context: AdapterContext) -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     adapter = OpenAIAdapter(
-        ProviderConfig(adapter="openai", base_url=f"http://127.0.0.1:{port}/v1", api_key="k"),
+        ProviderConfig(
+            allow_private_network=True,
+            adapter="openai",
+            base_url=f"http://127.0.0.1:{port}/v1",
+            api_key="k",
+        ),
         context,
     )
 

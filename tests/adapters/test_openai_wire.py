@@ -14,7 +14,7 @@ from app.adapters.openai import build_call, map_error, parse_response, sum_usage
 from app.catalog.schema import ProviderConfig
 from app.errors import ContentBlocked, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 
-OPENAI = ProviderConfig(adapter="openai", api_key="sk-test")
+OPENAI = ProviderConfig(allow_private_network=True, adapter="openai", api_key="sk-test")
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
 
 

@@ -39,7 +39,7 @@ from tests.adapters.conftest import UPSTREAM_KEY
 from tests.mocks.seedream_upstream import MockSeedreamUpstream
 
 MODEL = "seedream-4-0-250828"
-PROVIDER = ProviderConfig(adapter="seedream", api_key=UPSTREAM_KEY)
+PROVIDER = ProviderConfig(allow_private_network=True, adapter="seedream", api_key=UPSTREAM_KEY)
 
 
 def make_request(**changes: object) -> ImageRequest:
@@ -114,7 +114,9 @@ def test_build_call_forwards_fields_under_its_own() -> None:
 
 def test_build_call_without_key_sends_no_authorization() -> None:
     call = build_call(
-        make_request(), upstream_model=MODEL, provider=ProviderConfig(adapter="seedream")
+        make_request(),
+        upstream_model=MODEL,
+        provider=ProviderConfig(allow_private_network=True, adapter="seedream"),
     )
     assert call.headers == {}
 
@@ -274,7 +276,9 @@ def test_map_error_table() -> None:
 
 @pytest.mark.anyio
 async def test_unknown_n_mode_fails_at_start_up(context: AdapterContext) -> None:
-    provider = ProviderConfig(adapter="seedream", api_key="k", options={"n_mode": "lots"})
+    provider = ProviderConfig(
+        allow_private_network=True, adapter="seedream", api_key="k", options={"n_mode": "lots"}
+    )
     with pytest.raises(ValueError, match="n_mode"):
         SeedreamAdapter(provider, context)
 
@@ -303,7 +307,9 @@ def make_adapter(
         "timeout_s": 10,
     }
     settings.update(config)
-    return SeedreamAdapter(ProviderConfig.model_validate(settings), context)
+    return SeedreamAdapter(
+        ProviderConfig.model_validate({"allow_private_network": True, **settings}), context
+    )
 
 
 @pytest.mark.anyio
@@ -535,7 +541,12 @@ async def test_connection_refused(context: AdapterContext) -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     adapter = SeedreamAdapter(
-        ProviderConfig(adapter="seedream", base_url=f"http://127.0.0.1:{port}/api/v3", api_key="k"),
+        ProviderConfig(
+            allow_private_network=True,
+            adapter="seedream",
+            base_url=f"http://127.0.0.1:{port}/api/v3",
+            api_key="k",
+        ),
         context,
     )
 

@@ -48,7 +48,7 @@ def openai_mask() -> bytes:
     return buffer.getvalue()
 
 
-PROVIDER = ProviderConfig(adapter="stability", api_key=UPSTREAM_KEY)
+PROVIDER = ProviderConfig(allow_private_network=True, adapter="stability", api_key=UPSTREAM_KEY)
 
 
 def make_request(**changes: object) -> ImageRequest:

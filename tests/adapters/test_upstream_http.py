@@ -89,4 +89,40 @@ async def test_download_failure_status() -> None:
     transport = httpx.MockTransport(lambda request: httpx.Response(403))
     async with httpx.AsyncClient(transport=transport) as http:
         with pytest.raises(UpstreamError, match=r"cdn\.example failed \(HTTP 403\)"):
-            await download(http, "https://cdn.example/a.png", max_bytes=10, timeout_s=1)
+            await download(
+                http,
+                "https://cdn.example/a.png",
+                max_bytes=10,
+                timeout_s=1,
+                allow_private_network=True,
+            )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1/a.png",
+        "http://10.1.2.3/a.png",
+        "http://169.254.169.254/latest",
+        "http://[::1]/a.png",
+        "http://localhost/a.png",
+        "http://[::ffff:192.168.0.1]/x",
+    ],
+)
+async def test_downloads_refuse_private_addresses_unless_allowed(url: str) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise AssertionError("a private address must not be requested")
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        with pytest.raises(UpstreamError, match="private, loopback or link-local"):
+            await download(http, url, max_bytes=10, timeout_s=1)
+
+
+async def test_a_redirect_to_a_private_address_is_refused() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.host == "93.184.216.34"
+        return httpx.Response(302, headers={"location": "http://127.0.0.1:8080/secret"})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        with pytest.raises(UpstreamError, match=r"127\.0\.0\.1"):
+            await download(http, "http://93.184.216.34/a.png", max_bytes=10, timeout_s=1)

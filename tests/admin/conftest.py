@@ -23,9 +23,10 @@ from app.keys.auth import KeyAuthenticator
 from app.keys.service import KeyService
 from app.ledger.idempotency import IdempotencyStore
 from app.ledger.service import Ledger
+from app.security.throttle import FailureThrottle
 from app.settings import Settings
 
-ADMIN_TOKEN = "test-admin-token"
+ADMIN_TOKEN = "test-admin-token-0123456789abcdefghijkl"
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
@@ -37,6 +38,7 @@ class AdminTestGateway:
     keys: KeyService
     authenticator: KeyAuthenticator
     idempotency: IdempotencyStore
+    admin_throttle: FailureThrottle
 
 
 def build_admin_app(gateway: AdminTestGateway) -> FastAPI:
@@ -64,6 +66,7 @@ def gateway(database_url: str, engine: AsyncEngine) -> AdminTestGateway:
         keys=KeyService(engine),
         authenticator=KeyAuthenticator(engine, ttl_s=3600),
         idempotency=IdempotencyStore(engine),
+        admin_throttle=FailureThrottle(what="admin token", burst=100, refill_s=1),
     )
 
 

@@ -5,7 +5,9 @@ import dataclasses
 import httpx
 import pytest
 
-from tests.admin.conftest import AdminTestGateway, assert_error, build_admin_app
+from app.security.throttle import FailureThrottle
+from tests.admin.conftest import ADMIN_TOKEN, AdminTestGateway, assert_error, build_admin_app
+from tests.support.clock import FakeClock
 
 pytestmark = pytest.mark.anyio
 
@@ -16,7 +18,7 @@ def _client(gateway: AdminTestGateway, **headers: str) -> httpx.AsyncClient:
 
 
 @pytest.mark.parametrize(
-    "authorization", [None, "Bearer wrong", "test-admin-token", "Basic test-admin-token"]
+    "authorization", [None, "Bearer wrong", ADMIN_TOKEN, f"Basic {ADMIN_TOKEN}"]
 )
 async def test_missing_or_wrong_token_is_401(
     gateway: AdminTestGateway, authorization: str | None
@@ -42,13 +44,13 @@ async def test_the_admin_api_is_off_without_a_token(gateway: AdminTestGateway) -
 
 
 async def test_the_right_token_is_accepted(gateway: AdminTestGateway) -> None:
-    async with _client(gateway, Authorization="Bearer test-admin-token") as client:
+    async with _client(gateway, Authorization=f"Bearer {ADMIN_TOKEN}") as client:
         response = await client.get("/admin/v1/accounts")
     assert response.status_code == 200
     assert response.json() == {"object": "list", "data": [], "next_cursor": None}
 
 
-@pytest.mark.parametrize(("token", "status"), [("real-token", 200), (None, 404)])
+@pytest.mark.parametrize(("token", "status"), [(ADMIN_TOKEN, 200), (None, 404)])
 async def test_the_application_mounts_the_admin_api(
     database_url: str, token: str | None, status: int
 ) -> None:
@@ -64,7 +66,7 @@ async def test_the_application_mounts_the_admin_api(
     app = create_app(settings)
     async with (
         app.router.lifespan_context(app),
-        _client_for(app, Authorization="Bearer real-token") as client,
+        _client_for(app, Authorization=f"Bearer {ADMIN_TOKEN}") as client,
     ):
         response = await client.get("/admin/v1/accounts")
     assert response.status_code == status, response.text
@@ -73,3 +75,39 @@ async def test_the_application_mounts_the_admin_api(
 def _client_for(app: object, **headers: str) -> httpx.AsyncClient:
     transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
     return httpx.AsyncClient(transport=transport, base_url="http://gateway", headers=headers)
+
+
+async def test_failed_admin_tokens_are_throttled_per_address(gateway: AdminTestGateway) -> None:
+    clock = FakeClock()
+    throttled = dataclasses.replace(
+        gateway,
+        admin_throttle=FailureThrottle(what="admin token", burst=3, refill_s=20, clock=clock),
+    )
+    async with _client(throttled, Authorization="Bearer " + "x" * 40) as client:
+        for _ in range(3):
+            assert_error(await client.get("/admin/v1/accounts"), 401, "INVALID_ADMIN_TOKEN")
+        refused = await client.get("/admin/v1/accounts")
+        assert_error(refused, 429, "RATE_LIMITED")
+        assert refused.headers["retry-after"] == "20"
+        # while throttled, even the right token waits: guessing gains nothing
+        right = await client.get(
+            "/admin/v1/accounts", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        )
+        assert_error(right, 429, "RATE_LIMITED")
+        clock.advance(20)
+        right = await client.get(
+            "/admin/v1/accounts", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        )
+        assert right.status_code == 200
+
+
+@pytest.mark.parametrize("token", ["short", "x" * 31])
+def test_a_short_admin_token_is_refused_at_start_up(token: str) -> None:
+    from pydantic import ValidationError
+
+    from app.settings import Settings
+
+    with pytest.raises(ValidationError, match="GATEWAY_ADMIN_TOKEN must be at least 32"):
+        Settings(GATEWAY_ADMIN_TOKEN=token)
+    assert Settings(GATEWAY_ADMIN_TOKEN="").admin_token is None
+    assert Settings(GATEWAY_ADMIN_TOKEN="y" * 32).admin_token == "y" * 32

@@ -30,6 +30,7 @@ providers:
     adapter: local-preview
   mockai:
     adapter: openai
+    allow_private_network: true
     base_url: {upstream}
     api_key: ${{TEST_MOCK_UPSTREAM_KEY}}
   nokey:

@@ -151,3 +151,62 @@ def test_data_uri_round_trip() -> None:
     for bad in ("http://x/y.png", "data:image/png," + b64, "data:image/png;base64"):
         with pytest.raises(ImageError):
             codec.decode_data_uri(bad)
+
+
+def _with_segments(jpeg: bytes, segments: int, fill: int = 0) -> bytes:
+    """`jpeg` with `segments` empty APP0 segments (and `fill` 0xFF bytes) after its SOI."""
+    return jpeg[:2] + b"\xff" * fill + b"\xff\xe0\x00\x02" * segments + jpeg[2:]
+
+
+def test_a_jpeg_with_many_segments_and_fill_bytes_still_reads() -> None:
+    jpeg = encoded("JPEG", (640, 480))
+    assert codec.image_size(_with_segments(jpeg, 500, fill=5000)) == (640, 480)
+
+
+def test_hostile_jpeg_headers_are_refused_not_walked() -> None:
+    # 19 MB of 4-byte APP0 segments: refused after MAX_JPEG_SEGMENTS, the rest never visited
+    # (a 4.7 M-segment walk in Python froze the event loop for over a second)
+    jpeg = encoded("JPEG", (64, 64))
+    hostile = _with_segments(jpeg, 19_000_000 // 4)
+    with pytest.raises(ImageError, match="more than 1024 segments"):
+        codec.image_size(hostile)
+    with pytest.raises(ImageError, match="fill bytes"):
+        codec.image_size(jpeg[:2] + b"\xff" * 19_000_000 + jpeg[2:])
+    # the limits sit well above real files
+    assert codec.image_size(_with_segments(jpeg, codec.MAX_JPEG_SEGMENTS - 10)) == (64, 64)
+
+
+@pytest.mark.parametrize(
+    ("size", "target"),
+    [
+        ((4000, 3000), (500, 375)),
+        ((4000, 3000), (1024, 1024)),
+        ((640, 480), (600, 400)),
+        ((1999, 1001), (250, 125)),
+        ((50, 50), (320, 200)),
+    ],
+)
+def test_decoded_pixels_match_what_pillow_decodes(
+    size: tuple[int, int], target: tuple[int, int]
+) -> None:
+    data = encoded("JPEG", size)
+    with Image.open(io.BytesIO(data)) as image:
+        image.draft("RGB", target)
+        image.load()
+        assert codec.decoded_pixels(data, target) == image.size[0] * image.size[1]
+    png = encoded("PNG", size)
+    assert codec.decoded_pixels(png, target) == size[0] * size[1]
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "P", "RGB", "RGBA", "LA", "I;16", "CMYK"])
+def test_decode_fitted_gives_rgb_of_the_target_size(mode: str) -> None:
+    image = Image.new("RGB", (300, 200), (200, 30, 60)).convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG" if mode == "CMYK" else "PNG")
+    fitted = codec.decode_fitted(buffer.getvalue(), (64, 48))
+    assert (fitted.mode, fitted.size) == ("RGB", (64, 48))
+
+
+def test_decode_fitted_refuses_corrupt_bytes() -> None:
+    with pytest.raises(ImageError):
+        codec.decode_fitted(SAMPLES["png"][:40], (10, 10))

@@ -8,10 +8,11 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.models import ApiKey
-from app.errors import AuthenticationError, PermissionDenied
+from app.errors import AuthenticationError, PermissionDenied, RateLimited
 from app.keys.auth import KeyAuthenticator
 from app.keys.secrets import generate_secret
 from app.keys.service import KeyService
+from app.security.throttle import FailureThrottle
 from tests.keys.conftest import QueryCounter, create_account, set_account_status
 
 pytestmark = pytest.mark.anyio
@@ -228,3 +229,49 @@ async def test_the_cache_is_bounded(keys: KeyService, engine: AsyncEngine) -> No
             await auth.authenticate(bearer(generate_secret()))
     assert len(auth._known) == 3
     assert len(auth._unknown) == 2
+
+
+async def test_unknown_keys_spend_a_per_address_budget_before_any_query(
+    keys: KeyService, account_id: str, engine: AsyncEngine, queries: QueryCounter
+) -> None:
+    clock = FakeClock()
+    throttle = FailureThrottle(what="API key", burst=5, refill_s=10, clock=clock)
+    auth = KeyAuthenticator(engine, failure_throttle=throttle, clock=clock)
+    _, valid = await keys.create_key(account_id=account_id, name="ci")
+    await auth.authenticate(bearer(valid), address="10.0.0.9")  # cached as valid
+    for _ in range(5):
+        with pytest.raises(AuthenticationError):
+            await auth.authenticate(bearer(generate_secret()), address="10.0.0.1")
+    before = queries.count
+    for _ in range(200):  # a flood of fresh random keys: no database work at all
+        with pytest.raises(RateLimited) as caught:
+            await auth.authenticate(bearer(generate_secret()), address="10.0.0.1")
+    assert queries.count == before
+    assert int(caught.value.headers()["retry-after"]) >= 1
+    # a valid key already cached keeps working from the throttled address (shared NAT)
+    await auth.authenticate(bearer(valid), address="10.0.0.1")
+    # another address has its own budget
+    with pytest.raises(AuthenticationError):
+        await auth.authenticate(bearer(generate_secret()), address="10.0.0.2")
+    clock.now += 10
+    with pytest.raises(AuthenticationError):  # one refilled attempt, answered normally
+        await auth.authenticate(bearer(generate_secret()), address="10.0.0.1")
+
+
+async def test_unknown_keys_are_remembered_longer_than_known_ones(
+    engine: AsyncEngine, queries: QueryCounter
+) -> None:
+    clock = FakeClock()
+    auth = KeyAuthenticator(engine, ttl_s=2, unknown_ttl_s=300, clock=clock)
+    unknown = generate_secret()
+    with pytest.raises(AuthenticationError):
+        await auth.authenticate(bearer(unknown))
+    before = queries.count
+    clock.now += 200
+    with pytest.raises(AuthenticationError):
+        await auth.authenticate(bearer(unknown))
+    assert queries.count == before
+    clock.now += 101
+    with pytest.raises(AuthenticationError):
+        await auth.authenticate(bearer(unknown))
+    assert queries.count > before

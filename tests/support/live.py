@@ -16,7 +16,7 @@ import uvicorn
 from app.main import create_app
 from app.settings import Settings
 
-ADMIN_TOKEN = "admin-test-token"
+ADMIN_TOKEN = "admin-test-token-0123456789abcdefghij"
 
 
 def write_catalog(folder: Path, text: str) -> Path:

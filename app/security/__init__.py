@@ -1,0 +1,1 @@
+"""Defences against hostile clients: failure budgets, outbound address policy."""

@@ -1,0 +1,140 @@
+"""What a cheap hostile request can cost the gateway, measured on a real server process.
+
+- 8 concurrent edits, each a ~400 KB PNG that decodes to 10000x10000 RGBA (400 MB): the
+  image work pool's megapixel budget queues them, so the process's peak RSS stays within
+  ~500 MiB of idle (unbounded, four of them took 3.2 GiB).
+- `/healthz` keeps answering promptly while 19 MB JPEGs made of 4-byte APP0 segments upload
+  (the header walk used to freeze the event loop for 1-1.5 s per file).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.hostile_images import segmented_jpeg, sparse_png
+from tests.support.served import ServedGateway, served_gateway
+
+pytestmark = pytest.mark.slow
+
+MiB = 1024 * 1024
+
+CATALOG = """
+providers:
+  local:
+    adapter: local-preview
+models:
+  preview:
+    routes: [{provider: local}]
+    max_n: 2
+    output_formats: [png, jpeg]
+    parameters:
+      width:  {type: integer, min: 64, max: 1024, default: 1024}
+      height: {type: integer, min: 64, max: 1024, default: 1024}
+    edit: {supported: true, max_reference_images: 2}
+    pricing:
+      per_image: 0.001
+"""
+
+
+@pytest.fixture
+def sqlite_url(sqlite_template: Path, tmp_path: Path) -> str:
+    from tests.support import databases
+
+    return databases.fresh_sqlite_copy(sqlite_template, tmp_path)
+
+
+async def _edit(client: httpx.AsyncClient, gateway: ServedGateway, image: bytes) -> httpx.Response:
+    return await client.post(
+        f"{gateway.url}/v1/images/edits",
+        headers=gateway.auth,
+        data={"model": "preview", "prompt": "worst case", "size": "1024x1024"},
+        files=[("image[]", ("x.png", image, "image/png"))],
+        timeout=300,
+    )
+
+
+def test_eight_concurrent_worst_case_edits_stay_within_the_memory_budget(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    bomb = sparse_png(10_000, 10_000)
+    assert len(bomb) < 600_000
+
+    async def scenario(gateway: ServedGateway) -> tuple[int, int, list[int]]:
+        async with httpx.AsyncClient() as client:
+            warm = await _edit(client, gateway, sparse_png(512, 512))  # imports, fonts, pools
+            assert warm.status_code == 200, warm.text
+            idle = gateway.rss_bytes()
+            started = time.perf_counter()
+            responses = await asyncio.gather(*(_edit(client, gateway, bomb) for _ in range(8)))
+            elapsed = time.perf_counter() - started
+        statuses = [response.status_code for response in responses]
+        print(f"\n8 worst-case edits: {elapsed:.1f} s, statuses {statuses}")
+        return idle, gateway.peak_rss_bytes(), statuses
+
+    with served_gateway(tmp_path, sqlite_url, CATALOG, GATEWAY_IMAGE_WORKERS="2") as gateway:
+        idle, peak, statuses = asyncio.run(scenario(gateway))
+    print(
+        f"idle RSS {idle / MiB:.0f} MiB, peak {peak / MiB:.0f} MiB, "
+        f"above idle {(peak - idle) / MiB:.0f} MiB"
+    )
+    assert statuses == [200] * 8  # queued, not refused: they are all legitimate requests
+    assert peak - idle < 500 * MiB
+
+
+def test_healthz_stays_responsive_while_hostile_jpegs_upload(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    hostile = segmented_jpeg(19_000_000)
+
+    async def scenario(gateway: ServedGateway) -> tuple[list[float], list[int]]:
+        latencies: list[float] = []
+        done = asyncio.Event()
+
+        async def probe(client: httpx.AsyncClient) -> None:
+            while not done.is_set():
+                started = time.perf_counter()
+                response = await client.get(f"{gateway.url}/healthz", timeout=30)
+                latencies.append(time.perf_counter() - started)
+                assert response.status_code == 200
+                await asyncio.sleep(0.01)
+
+        async def uploads(client: httpx.AsyncClient) -> list[int]:
+            # two at a time, for at least 3 s and 6 uploads of 19 MB
+            statuses: list[int] = []
+            started = time.perf_counter()
+            try:
+                while len(statuses) < 6 or time.perf_counter() - started < 3:
+                    pair = await asyncio.gather(
+                        _edit(client, gateway, hostile), _edit(client, gateway, hostile)
+                    )
+                    statuses += [response.status_code for response in pair]
+                return statuses
+            finally:
+                done.set()
+
+        async with httpx.AsyncClient() as probes, httpx.AsyncClient() as uploaders:
+            await probes.get(f"{gateway.url}/healthz")
+            _, statuses = await asyncio.gather(probe(probes), uploads(uploaders))
+        return latencies, statuses
+
+    with served_gateway(tmp_path, sqlite_url, CATALOG) as gateway:
+        latencies, statuses = asyncio.run(scenario(gateway))
+    latencies.sort()
+    p99 = latencies[int(len(latencies) * 0.99) - 1]
+    stalls = sum(1 for latency in latencies if latency > 0.05)
+    print(
+        f"\n/healthz during hostile uploads: {len(latencies)} probes, "
+        f"median {statistics.median(latencies) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, "
+        f"max {latencies[-1] * 1000:.1f} ms, {stalls} over 50 ms"
+    )
+    assert set(statuses) == {400}  # refused from the header, not decoded
+    assert len(latencies) >= 20
+    # generous on a shared machine: the old walk stalled every probe of an upload for >1 s
+    assert stalls <= max(2, len(latencies) // 20)
+    assert latencies[-1] < 0.5
