@@ -19,15 +19,20 @@ router = APIRouter(prefix="/v1", tags=["models"])
 
 @router.get("/models")
 async def list_models(gateway: GatewayDep, key: CurrentKey) -> Response:
-    data = [m.public for m in gateway.catalog.models.values() if key.allows(m.id)]
+    data = [
+        m.public if name == m.id else {**m.public, "id": name}
+        for name, m in gateway.catalog.listed(key.account_id)
+        if key.allows(name) or key.allows(m.id)
+    ]
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 
 
 @router.get("/models/{model_id:path}")
 async def get_model(model_id: str, gateway: GatewayDep, key: CurrentKey) -> Response:
-    model = gateway.catalog.get(model_id)
-    if model is None or not key.allows(model_id):
+    model = gateway.catalog.get(model_id, key.account_id)
+    if model is None or not (key.allows(model_id) or key.allows(model.id)):
         raise NotFound(
             f"The model '{model_id}' does not exist.", code="model_not_found", param="model"
         )
-    return Response(orjson.dumps(model.public), media_type="application/json")
+    entry = model.public if model_id == model.id else {**model.public, "id": model_id}
+    return Response(orjson.dumps(entry), media_type="application/json")

@@ -36,7 +36,7 @@ from pydantic import ValidationError
 
 from app.catalog.errors import CatalogError, PathPart, dotted
 from app.catalog.parameters import CompiledModel, compile_model
-from app.catalog.schema import CatalogFile, ProviderConfig
+from app.catalog.schema import AliasConfig, CatalogFile, ProviderConfig
 
 logger = logging.getLogger(__name__)
 
@@ -65,9 +65,29 @@ class Catalog:
     models: dict[str, CompiledModel]
     #: operator-facing notes about hidden models and dropped routes (also logged)
     warnings: list[str] = field(default_factory=list)
+    #: visible aliases: alias -> (default target, {account_id: target}); targets are visible
+    aliases: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
 
-    def get(self, model_id: str) -> CompiledModel | None:
-        return self.models.get(model_id)
+    def get(self, model_id: str, account_id: str | None = None) -> CompiledModel | None:
+        """The model behind an id or an alias (resolved for `account_id` when given)."""
+        model = self.models.get(model_id)
+        if model is not None:
+            return model
+        alias = self.aliases.get(model_id)
+        if alias is None:
+            return None
+        default, per_account = alias
+        target = per_account.get(account_id, default) if account_id is not None else default
+        return self.models.get(target)
+
+    def listed(self, account_id: str | None = None) -> list[tuple[str, CompiledModel]]:
+        """What `/v1/models` lists: every model, then every alias with its target's entry."""
+        entries = list(self.models.items())
+        for alias in self.aliases:
+            target = self.get(alias, account_id)
+            if target is not None:
+                entries.append((alias, target))
+        return entries
 
 
 def needs_api_key(provider: ProviderConfig) -> bool:
@@ -140,9 +160,38 @@ def _build(parsed: CatalogFile, unset: dict[tuple[PathPart, ...], list[str]]) ->
         else:
             subject = f"models {', '.join(repr(m) for m in model_ids)} are"
         warnings.append(f"{subject} hidden: no usable route ({reasons})")
+    aliases = _aliases(parsed, models, warnings)
     for message in warnings:
         logger.warning("catalog: %s", message)
-    return Catalog(providers=usable, models=models, warnings=warnings)
+    return Catalog(providers=usable, models=models, warnings=warnings, aliases=aliases)
+
+
+def _aliases(
+    parsed: CatalogFile, visible: dict[str, CompiledModel], warnings: list[str]
+) -> dict[str, tuple[str, dict[str, str]]]:
+    """Check every alias against the models; hide (with a warning) those whose target is."""
+    aliases: dict[str, tuple[str, dict[str, str]]] = {}
+    for name, raw in parsed.aliases.items():
+        config = AliasConfig(model=raw) if isinstance(raw, str) else raw
+        if name in parsed.models:
+            raise CatalogError(
+                f"alias {name!r} is also a model id; pick another name", path=("aliases", name)
+            )
+        targets = {("aliases", name, "model"): config.model} | {
+            ("aliases", name, "accounts", account): target
+            for account, target in config.accounts.items()
+        }
+        for path, target in targets.items():
+            if target not in parsed.models:
+                raise CatalogError(
+                    f"alias target {target!r} is not a model of this catalog", path=path
+                )
+        if config.model not in visible:
+            warnings.append(f"alias {name!r} is hidden: its model {config.model!r} is hidden")
+            continue
+        per_account = {a: t for a, t in config.accounts.items() if t in visible}
+        aliases[name] = (config.model, per_account)
+    return aliases
 
 
 def _drop_empty_provider_fields(tree: dict[Any, Any]) -> None:

@@ -173,6 +173,17 @@ class ModelConfig(_Strict):
         return self
 
 
+class AliasConfig(_Strict):
+    """`gpt-image: {model: gpt-image-1.5, accounts: {acct_x: gpt-image-1.5-azure}}`."""
+
+    #: the model the alias names for every account without an entry of its own
+    model: str
+    #: per account: another target (one alias, different providers per tenant)
+    accounts: dict[str, str] = Field(default_factory=dict)
+
+
 class CatalogFile(_Strict):
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
+    #: alias -> target model id (shorthand) or an `AliasConfig`
+    aliases: dict[str, str | AliasConfig] = Field(default_factory=dict)
