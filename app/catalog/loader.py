@@ -65,6 +65,8 @@ class Catalog:
     models: dict[str, CompiledModel]
     #: operator-facing notes about hidden models and dropped routes (also logged)
     warnings: list[str] = field(default_factory=list)
+    #: every declared provider, usable or not (start-up builds an adapter for each as a check)
+    declared_providers: dict[str, ProviderConfig] = field(default_factory=dict)
 
     def get(self, model_id: str) -> CompiledModel | None:
         return self.models.get(model_id)
@@ -142,7 +144,12 @@ def _build(parsed: CatalogFile, unset: dict[tuple[PathPart, ...], list[str]]) ->
         warnings.append(f"{subject} hidden: no usable route ({reasons})")
     for message in warnings:
         logger.warning("catalog: %s", message)
-    return Catalog(providers=usable, models=models, warnings=warnings)
+    return Catalog(
+        providers=usable,
+        models=models,
+        warnings=warnings,
+        declared_providers=dict(parsed.providers),
+    )
 
 
 def _drop_empty_provider_fields(tree: dict[Any, Any]) -> None:

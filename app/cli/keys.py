@@ -1,0 +1,124 @@
+"""`image-gateway keys ...`: API keys (secrets are shown once, on create and rotate)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Annotated
+
+import typer
+
+from app.admin.schemas import KeyDeleted, KeyOut, KeyWithSecret, Page
+from app.cli.common import (
+    Cursor,
+    Json,
+    Limit,
+    keys_cli,
+    parse_time,
+    print_json,
+    print_more,
+    print_table,
+    run,
+    when,
+)
+from app.keys.repository import KeyRecord
+
+
+def _key_status(record: KeyRecord) -> str:
+    if record.revoked:
+        return "revoked"
+    if record.expires_at is not None and record.expires_at <= datetime.now(UTC):
+        return "expired"
+    return "active"
+
+
+def _show_keys(records: Sequence[KeyRecord]) -> None:
+    print_table(
+        ["ID", "ACCOUNT", "NAME", "PREFIX", "MODELS", "RPM", "CONCURRENCY", "EXPIRES", "STATUS"],
+        [
+            [k.id, k.account_id, k.name, k.prefix, ",".join(k.models) if k.models else "*",
+             k.rpm, k.max_concurrency, when(k.expires_at), _key_status(k)]
+            for k in records
+        ],
+    )  # fmt: skip
+
+
+def _show_secret(record: KeyRecord, secret: str, as_json: bool) -> None:
+    if as_json:
+        print_json(KeyWithSecret.with_secret(record, secret))
+        return
+    _show_keys([record])
+    typer.echo(f"\nsecret (shown only now): {secret}")
+
+
+@keys_cli.command("create")
+def keys_create(
+    account_id: str,
+    name: Annotated[str, typer.Option(help="A label for the key.")],
+    models: Annotated[
+        str | None, typer.Option(help="Comma-separated model ids (default: every model).")
+    ] = None,
+    rpm: Annotated[int | None, typer.Option(help="Requests per minute.")] = None,
+    max_concurrency: Annotated[int | None, typer.Option(help="Requests in flight.")] = None,
+    expires_at: Annotated[str | None, typer.Option(help="ISO 8601 expiry.")] = None,
+    as_json: Json = False,
+) -> None:
+    """Create a key; its secret is printed once."""
+    model_list = None if models is None else [m for m in models.split(",") if m.strip()]
+    expiry = parse_time(expires_at, "--expires-at")
+    record, secret = run(
+        lambda s: s.keys.create_key(
+            account_id=account_id,
+            name=name,
+            models=model_list,
+            rpm=rpm,
+            max_concurrency=max_concurrency,
+            expires_at=expiry,
+        )
+    )
+    _show_secret(record, secret, as_json)
+
+
+@keys_cli.command("list")
+def keys_list(
+    account_id: Annotated[str | None, typer.Option(help="Only this account's keys.")] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+    as_json: Json = False,
+) -> None:
+    """List keys (never their secrets)."""
+    records, next_cursor = run(
+        lambda s: s.keys.list_keys(account_id=account_id, limit=limit, cursor=cursor)
+    )
+    if as_json:
+        print_json(Page(data=[KeyOut.of(k) for k in records], next_cursor=next_cursor))
+        return
+    _show_keys(records)
+    print_more(next_cursor)
+
+
+@keys_cli.command("revoke")
+def keys_revoke(key_id: str, as_json: Json = False) -> None:
+    """Revoke a key (running servers stop it within GATEWAY_KEY_CACHE_TTL_S)."""
+    record = run(lambda s: s.keys.revoke_key(key_id))
+    if as_json:
+        print_json(KeyOut.of(record))
+    else:
+        _show_keys([record])
+
+
+@keys_cli.command("rotate")
+def keys_rotate(key_id: str, as_json: Json = False) -> None:
+    """Give a key a new secret; the old one stops working."""
+    record, secret = run(lambda s: s.keys.rotate_key(key_id))
+    _show_secret(record, secret, as_json)
+
+
+@keys_cli.command("delete")
+def keys_delete(key_id: str, as_json: Json = False) -> None:
+    """Delete a key (its requests and ledger rows stay; the admin API's DELETE /keys/{id})."""
+    record = run(lambda s: s.keys.delete_key(key_id))
+    if as_json:
+        print_json(KeyDeleted(id=record.id))
+    else:
+        typer.echo(f"deleted {record.id}")
