@@ -8,6 +8,7 @@ again; Postgres deployments never get a demo account.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -28,8 +29,14 @@ def demo_key_file(settings: Settings) -> Path | None:
     return Path(database).parent / "demo-key.txt"
 
 
-async def ensure_demo_key(settings: Settings) -> str | None:
-    """The demo secret when one exists or was just made; None elsewhere."""
+@dataclass(frozen=True, slots=True)
+class DemoKey:
+    account_id: str
+    secret: str
+
+
+async def ensure_demo_key(settings: Settings) -> DemoKey | None:
+    """The demo account and secret when they exist or were just made; None elsewhere."""
     key_file = demo_key_file(settings)
     if key_file is None:
         return None
@@ -37,8 +44,18 @@ async def ensure_demo_key(settings: Settings) -> str | None:
     try:
         async with engine.connect() as conn:
             accounts = (await conn.execute(select(func.count()).select_from(Account))).scalar_one()
+            demo_id = (
+                await conn.execute(
+                    select(Account.id)
+                    .where(Account.name == "demo")
+                    .order_by(Account.created_at)
+                    .limit(1)
+                )
+            ).scalar_one_or_none()
         if accounts:
-            return key_file.read_text().strip() if key_file.exists() else None
+            if demo_id is None or not key_file.exists():
+                return None
+            return DemoKey(account_id=demo_id, secret=key_file.read_text().strip())
         account = await Ledger(engine).create_account(
             name="demo", balance_micros=parse_usd(settings.demo_balance_usd)
         )
@@ -47,15 +64,26 @@ async def ensure_demo_key(settings: Settings) -> str | None:
         await engine.dispose()
     key_file.write_text(secret + "\n")
     os.chmod(key_file, 0o600)
-    return secret
+    return DemoKey(account_id=account.id, secret=secret)
 
 
-def demo_banner(secret: str, host: str, port: int) -> str:
+def demo_banner(demo: DemoKey, host: str, port: int, *, admin_enabled: bool) -> str:
     shown_host = "localhost" if host in ("0.0.0.0", "::", "127.0.0.1") else host
     base = f"http://{shown_host}:{port}"
+    secret = demo.secret
+    admin = (
+        f"    curl {base}/admin/v1/accounts/{demo.account_id} "
+        '-H "Authorization: Bearer $GATEWAY_ADMIN_TOKEN"\n'
+        if admin_enabled
+        else "    (off: set GATEWAY_ADMIN_TOKEN to enable /admin/v1; or use the CLI:\n"
+        f"     image-gateway accounts show {demo.account_id})\n"
+    )
     return (
         "\n  image-gateway demo key (embedded SQLite, local-preview model):\n"
-        f"    {secret}\n\n"
+        f"    {secret}\n"
+        f"  demo account: {demo.account_id}\n\n"
+        "  Admin API:\n"
+        f"{admin}\n"
         "  Try it:\n"
         f"    curl {base}/v1/images/generations \\\n"
         f'      -H "Authorization: Bearer {secret}" \\\n'

@@ -11,12 +11,21 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SQLITE_PATH = Path("data") / "image-gateway.db"
 #: the admin token guards every balance: short enough to guess is refused at start-up
 MIN_ADMIN_TOKEN_CHARS = 32
+DEFAULT_CONFIG_PATH = Path("config") / "models.yaml"
+
+
+def project_home() -> Path:
+    """Where the default `data/` and `config/models.yaml` live: the source checkout this code
+    runs from (so the CLI finds them from any directory), else the working directory (an
+    installed package, e.g. the container, which sets GATEWAY_HOME)."""
+    checkout = Path(__file__).resolve().parents[1]
+    return checkout if (checkout / DEFAULT_CONFIG_PATH).is_file() else Path.cwd()
 
 
 def normalize_database_url(url: str) -> str:
@@ -31,12 +40,12 @@ def normalize_database_url(url: str) -> str:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
 
+    #: base of the defaults below; explicit relative DATABASE_URL / GATEWAY_CONFIG stay as given
+    gateway_home: Path = Field(default_factory=project_home, validation_alias="GATEWAY_HOME")
     database_url: str = Field(
         default=f"sqlite:///{DEFAULT_SQLITE_PATH}", validation_alias="DATABASE_URL"
     )
-    gateway_config: Path = Field(
-        default=Path("config/models.yaml"), validation_alias="GATEWAY_CONFIG"
-    )
+    gateway_config: Path = Field(default=DEFAULT_CONFIG_PATH, validation_alias="GATEWAY_CONFIG")
     #: at least MIN_ADMIN_TOKEN_CHARS characters; unset = the admin API is off
     admin_token: str | None = Field(default=None, validation_alias="GATEWAY_ADMIN_TOKEN")
     redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
@@ -129,6 +138,16 @@ class Settings(BaseSettings):
     @classmethod
     def _async_driver(cls, value: str) -> str:
         return normalize_database_url(value)
+
+    @model_validator(mode="after")
+    def _defaults_under_home(self) -> Settings:
+        if "database_url" not in self.model_fields_set:
+            self.database_url = normalize_database_url(
+                f"sqlite:///{self.gateway_home / DEFAULT_SQLITE_PATH}"
+            )
+        if "gateway_config" not in self.model_fields_set:
+            self.gateway_config = self.gateway_home / DEFAULT_CONFIG_PATH
+        return self
 
     @property
     def is_sqlite(self) -> bool:

@@ -27,6 +27,7 @@ CLI = Path(sys.executable).parent / "image-gateway"
 def serve(workdir: Path, port: int) -> tuple[subprocess.Popen[str], str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "GATEWAY_"))}
     env["GATEWAY_CONFIG"] = str(ROOT / "config" / "models.yaml")
+    env["GATEWAY_HOME"] = str(workdir)  # data/ goes here, not into the checkout
     process = subprocess.Popen(
         [str(CLI), "serve", "--port", str(port)],
         cwd=workdir,
@@ -64,6 +65,9 @@ def test_first_start_prints_a_working_demo_key(tmp_path: Path) -> None:
         assert match, printed
         secret = match.group(1)
         assert f"curl http://localhost:{port}/v1/images/generations" in printed
+        account = re.search(r"demo account: (acct_\S+)", printed)
+        assert account, printed
+        assert f"image-gateway accounts show {account.group(1)}" in printed  # admin API off
         assert (tmp_path / "data" / "image-gateway.db").exists()
         wait_ready(port)
         response = httpx.post(

@@ -67,6 +67,8 @@ class Catalog:
     warnings: list[str] = field(default_factory=list)
     #: visible aliases: alias -> (default target, {account_id: target}); targets are visible
     aliases: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
+    #: every declared provider, usable or not (start-up builds an adapter for each as a check)
+    declared_providers: dict[str, ProviderConfig] = field(default_factory=dict)
 
     def get(self, model_id: str, account_id: str | None = None) -> CompiledModel | None:
         """The model behind an id or an alias (resolved for `account_id` when given)."""
@@ -163,7 +165,13 @@ def _build(parsed: CatalogFile, unset: dict[tuple[PathPart, ...], list[str]]) ->
     aliases = _aliases(parsed, models, warnings)
     for message in warnings:
         logger.warning("catalog: %s", message)
-    return Catalog(providers=usable, models=models, warnings=warnings, aliases=aliases)
+    return Catalog(
+        providers=usable,
+        models=models,
+        warnings=warnings,
+        aliases=aliases,
+        declared_providers=dict(parsed.providers),
+    )
 
 
 def _aliases(

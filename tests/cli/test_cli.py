@@ -4,39 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner, Result
+from typer.testing import CliRunner
 
 from app.cli import cli
 from app.db.engine import make_engine
 from app.errors import AuthenticationError, PermissionDenied
 from app.keys.auth import AuthenticatedKey, KeyAuthenticator
 from app.ledger.service import Ledger
-
-
-@pytest.fixture
-def run(database_url: str) -> Any:
-    runner = CliRunner()
-
-    def invoke(*args: str, code: int = 0) -> Result:
-        result = runner.invoke(cli, list(args), env={"DATABASE_URL": database_url})
-        assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
-        return result
-
-    return invoke
-
-
-def as_json(result: Result) -> Any:
-    return json.loads(result.stdout)
-
-
-def table(result: Result) -> list[list[str]]:
-    """The printed table as rows of cells (columns are separated by two or more spaces)."""
-    return [re.split(r"\s{2,}", line.strip()) for line in result.stdout.splitlines() if line]
+from tests.support.cli import as_json, table
 
 
 def authenticate(database_url: str, secret: str) -> AuthenticatedKey:
@@ -232,15 +211,15 @@ def test_config_check(tmp_path: Path) -> None:
     broken = tmp_path / "models.yaml"
     broken.write_text("providers: {}\nmodels:\n  x: {routes: [{provider: nope}]}\n")
     result = runner.invoke(cli, ["config", "check", "--config", str(broken)])
-    assert result.exit_code == 1
-    assert result.stderr.startswith(f"error: {broken}")
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: GATEWAY_CONFIG: {broken}")
 
 
 def test_serve_hands_over_to_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
     import app.server
 
     calls: list[tuple[str, int, int]] = []
-    monkeypatch.setattr(app.server, "run_server", lambda *args: calls.append(args))
+    monkeypatch.setattr(app.server, "run_server", lambda *args: calls.append(args[1:]))
     result = CliRunner().invoke(cli, ["serve", "--host", "0.0.0.0", "--port", "9000"])
     assert result.exit_code == 0, result.stderr
     assert calls == [("0.0.0.0", 9000, 1)]
