@@ -1,0 +1,58 @@
+"""The benchmark harness cannot rot: a smoke run of `python -m bench.run --smoke`.
+
+Tiny request counts, one round, no LiteLLM: this proves the mock, the load generator, the
+gateway start-up (Postgres 1 and 2 workers, SQLite), every scenario, the books check and the
+report all still work. Nothing here asserts a timing.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support import databases
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.postgres
+
+
+def test_smoke_run_serves_every_scenario_and_writes_the_report(
+    tmp_path: Path, postgres_session_url: str
+) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.run",
+            "--smoke",
+            "--no-plot",
+            "--postgres",
+            databases.ADMIN_URL,
+            "--out",
+            str(tmp_path),
+            "--workdir",
+            str(tmp_path / "work"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    raw = json.loads((tmp_path / "results.json").read_text())
+    runs = raw["runs"]
+    assert sorted(runs) == [f"S{i}" for i in range(1, 9)]
+    for scenario, targets in runs.items():
+        for target, rounds in targets.items():
+            for metrics in rounds:
+                assert metrics["ok"] > 0 and metrics["errors"] == 0, (scenario, target, metrics)
+    assert runs["S6"]["gateway2"][0]["exact"] is True  # the books of the hot account balance
+    assert {"direct", "gateway", "sqlite"} <= set(runs["S2"])
+    results = (tmp_path / "RESULTS.md").read_text()
+    assert "SMOKE RUN" in results and "| S8 " in results
+    assert raw["machine"]["smoke"] is True
