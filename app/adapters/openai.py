@@ -62,7 +62,7 @@ from app.errors import (
     GatewayError,
     UpstreamError,
 )
-from app.images.codec import ImageError, decode_b64, sniff_format
+from app.images.codec import ImageError, check_b64, decode_b64, sniff_format
 
 DEFAULT_BASE_URL: Final = "https://api.openai.com/v1"
 #: never sent as such: the adapter translates them into `size`
@@ -95,11 +95,15 @@ class UpstreamCall:
 
 @dataclass(frozen=True, slots=True)
 class ParsedImage:
-    """One `data[]` entry: decoded bytes, or a URL still to download."""
+    """One `data[]` entry: checked base64 (decoded only on demand), or a URL to download."""
 
-    data: bytes | None
+    b64: bytes | None
     url: str | None
     revised_prompt: str | None
+
+    @property
+    def data(self) -> bytes | None:
+        return None if self.b64 is None else decode_b64(self.b64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,10 +226,11 @@ def parse_response(body: bytes) -> ParsedResponse:
     for item in wire.data or ():
         if item.b64_json:
             try:
-                data = decode_b64(item.b64_json)
-            except ImageError as exc:
+                b64 = item.b64_json.encode("ascii")
+                check_b64(b64)  # strict, like a decode, but the bytes may pass through as is
+            except (ImageError, UnicodeEncodeError) as exc:
                 raise UpstreamError("provider returned invalid base64 image data") from exc
-            images.append(ParsedImage(data, None, item.revised_prompt))
+            images.append(ParsedImage(b64, None, item.revised_prompt))
         elif item.url:
             images.append(ParsedImage(None, item.url, item.revised_prompt))
     if not images:
@@ -349,7 +354,7 @@ class OpenAIAdapter:
         def fetch(item: ParsedImage) -> Callable[[], Awaitable[UpstreamImage]]:
             async def run() -> UpstreamImage:
                 if item.url is None:
-                    return UpstreamImage(item.data or b"", item.revised_prompt)
+                    return UpstreamImage(b64=item.b64 or b"", revised_prompt=item.revised_prompt)
                 data = await download(
                     self._context.http,
                     item.url,
