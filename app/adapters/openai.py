@@ -77,6 +77,7 @@ RESERVED_FIELDS: Final = frozenset(
 _MODERATION_CODES: Final = frozenset(
     {"moderation_blocked", "content_policy_violation", "content_filter"}
 )
+_JSON_HEADERS: Final = {"Content-Type": "application/json"}
 # A base64 body is 4/3 of the image bytes; the slack covers the JSON around it.
 _JSON_OVERHEAD_BYTES: Final = 64 * 1024
 
@@ -325,12 +326,15 @@ class OpenAIAdapter:
         body_limit = self._context.max_download_bytes * n * 4 // 3 + _JSON_OVERHEAD_BYTES
         http = self._context.http
         with transport_errors(self._host, self._timeout_s):
+            # orjson, not httpx's stdlib `json=` (3x slower, and a second copy of the body)
+            content = None if call.json is None else orjson.dumps(call.json)
+            headers = call.headers if content is None else {**_JSON_HEADERS, **call.headers}
             async with http.stream(
                 "POST",
                 call.url,
                 params=call.params,
-                headers=call.headers,
-                json=call.json,
+                headers=headers,
+                content=content,
                 data=call.data,
                 files=call.files,
                 timeout=self._timeout_s,
