@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -29,11 +29,12 @@ from app.ledger.budgets import file_clock
 from app.ledger.idempotency import IdempotencyStore
 from app.ledger.service import Ledger
 from app.ledger.sweeper import Sweeper
+from app.pools import PoolGauge
 from app.ratelimit import make_rate_limiter
 from app.ratelimit.base import RateLimiter
 from app.security.throttle import FailureThrottle
 from app.settings import Settings
-from app.upstream_client import make_http_client
+from app.upstream_client import make_http_client, upstream_occupancy
 
 logger = logging.getLogger(__name__)
 
@@ -55,16 +56,30 @@ class Gateway:
     image_work: ImageWorkPool
     #: failed admin-token attempts per client address (`app.security.throttle`)
     admin_throttle: FailureThrottle
+    #: the upstream and database pools' occupancy, for metrics (app.pools)
+    pools: list[PoolGauge] = field(default_factory=list)
 
 
 def build_adapters(catalog: Catalog, context: AdapterContext) -> dict[str, ImageAdapter]:
     return {name: build_adapter(provider, context) for name, provider in catalog.providers.items()}
 
 
+def pool_gauges(gateway: Gateway) -> list[PoolGauge]:
+    gauges = [gateway.ledger.occupancy.gauge()]
+    upstream = upstream_occupancy(gateway.http)
+    if upstream is not None:
+        gauges.append(upstream.gauge())
+    return gauges
+
+
 @contextlib.asynccontextmanager
 async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
     catalog = load_catalog(settings.gateway_config, os.environ)  # logs its own warnings
-    engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
+    engine = make_engine(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        pool_timeout_s=settings.db_pool_timeout_s,
+    )
     http = make_http_client(settings)
     rate_limiter = make_rate_limiter(settings.redis_url)
     ledger = Ledger(engine, clock=file_clock(settings.clock_file))
@@ -106,6 +121,7 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
             refill_s=settings.admin_failure_refill_s,
         ),
     )
+    gateway.pools = pool_gauges(gateway)
     sweeper = Sweeper(ledger, idempotency=gateway.idempotency)
     sweeper_task = asyncio.create_task(
         sweeper.run_forever(

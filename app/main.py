@@ -21,10 +21,12 @@ from app.api.request_id import RequestIdMiddleware
 from app.api.usage import router as usage_router
 from app.gateway import open_gateway
 from app.settings import Settings, get_settings
+from app.tuning import apply_process_tuning
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    apply_process_tuning()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

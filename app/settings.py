@@ -7,6 +7,7 @@ Every knob the gateway has lives here; nothing else reads `os.environ` (the cata
 from __future__ import annotations
 
 import os
+import urllib.request
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -108,16 +109,21 @@ class Settings(BaseSettings):
     )
 
     # Upstream HTTP
+    #: connections to all providers together; image generations are slow (seconds to
+    #: minutes), so every request in flight holds one: size it for the concurrency you serve
     upstream_max_connections: int = Field(
-        default=200, validation_alias="GATEWAY_UPSTREAM_MAX_CONNECTIONS"
+        default=4096, validation_alias="GATEWAY_UPSTREAM_MAX_CONNECTIONS"
     )
     upstream_transport: Literal["aiohttp", "httpx"] = Field(
         default="aiohttp", validation_alias="GATEWAY_UPSTREAM_TRANSPORT"
     )
     stream_keepalive_s: float = Field(default=15.0, validation_alias="GATEWAY_STREAM_KEEPALIVE_S")
 
-    # Database pool
-    db_pool_size: int = Field(default=10, validation_alias="GATEWAY_DB_POOL_SIZE")
+    # Database pool: connections are held per statement (never across an upstream call), so
+    # a few dozen serve thousands of requests in flight; beyond it requests queue (no overflow
+    # connections: opening and closing them per burst cost more than the wait)
+    db_pool_size: int = Field(default=20, validation_alias="GATEWAY_DB_POOL_SIZE")
+    db_pool_timeout_s: float = Field(default=30.0, validation_alias="GATEWAY_DB_POOL_TIMEOUT_S")
 
     log_level: str = Field(default="info", validation_alias="GATEWAY_LOG_LEVEL")
 
@@ -133,6 +139,11 @@ class Settings(BaseSettings):
                 "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
             )
         return value
+
+    @property
+    def upstream_proxy_from_env(self) -> bool:
+        """HTTP(S)_PROXY / ALL_PROXY set: the upstream client must read the environment."""
+        return bool(urllib.request.getproxies_environment())
 
     @field_validator("database_url")
     @classmethod

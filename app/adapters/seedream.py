@@ -87,7 +87,7 @@ from app.errors import (
     InvalidParameter,
     UpstreamError,
 )
-from app.images.codec import ImageError, data_uri, decode_b64, encode_b64, sniff_format
+from app.images.codec import ImageError, check_b64, data_uri, encode_b64, sniff_format
 
 DEFAULT_BASE_URL: Final = "https://ark.ap-southeast.bytepluses.com/api/v3"
 #: Ark's limit per call: reference images + generated images
@@ -203,8 +203,10 @@ def parse_response(body: bytes, *, api_key: str | None) -> ParsedResponse:
     for item in wire.data or ():
         if item.b64_json:
             try:
-                images.append(ParsedImage(decode_b64(item.b64_json), None, None))
-            except ImageError as exc:
+                b64 = item.b64_json.encode("ascii")
+                check_b64(b64)
+                images.append(ParsedImage(b64, None, None))
+            except (ImageError, UnicodeEncodeError) as exc:
                 raise UpstreamError("provider returned invalid base64 image data") from exc
         elif item.url:
             images.append(ParsedImage(None, item.url, None))
@@ -333,7 +335,7 @@ class SeedreamAdapter:
         def fetch(item: ParsedImage) -> Callable[[], Awaitable[UpstreamImage]]:
             async def run() -> UpstreamImage:
                 if item.url is None:
-                    return UpstreamImage(item.data or b"")
+                    return UpstreamImage(b64=item.b64 or b"")
                 data = await download(
                     self._context.http,
                     item.url,

