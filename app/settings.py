@@ -78,6 +78,13 @@ class Settings(BaseSettings):
 
     log_level: str = Field(default="info", validation_alias="GATEWAY_LOG_LEVEL")
 
+    # Operator console (`/console`, on with the admin API)
+    console_session_ttl_s: int = Field(
+        default=8 * 3600, gt=0, validation_alias="GATEWAY_CONSOLE_SESSION_TTL_S"
+    )
+    #: signs console session cookies; default: derived from GATEWAY_ADMIN_TOKEN
+    console_secret: str | None = Field(default=None, validation_alias="GATEWAY_CONSOLE_SECRET")
+
     @field_validator("database_url")
     @classmethod
     def _async_driver(cls, value: str) -> str:

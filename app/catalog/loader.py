@@ -56,6 +56,12 @@ _PARAM_TYPES = frozenset({"enum", "integer", "number", "boolean", "string"})
 
 
 @dataclass(frozen=True, slots=True)
+class HiddenModel:
+    model: CompiledModel
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Catalog:
     """The usable catalog: providers with credentials, and the models routed through them."""
 
@@ -65,6 +71,8 @@ class Catalog:
     models: dict[str, CompiledModel]
     #: operator-facing notes about hidden models and dropped routes (also logged)
     warnings: list[str] = field(default_factory=list)
+    #: models left without a usable route, compiled, with why (which credential is missing)
+    hidden: dict[str, HiddenModel] = field(default_factory=dict)
 
     def get(self, model_id: str) -> CompiledModel | None:
         return self.models.get(model_id)
@@ -115,6 +123,7 @@ def _build(parsed: CatalogFile, unset: dict[tuple[PathPart, ...], list[str]]) ->
     #: hidden models grouped by why, so a keyless start says one line per missing credential
     hidden: dict[str, list[str]] = {}
     models: dict[str, CompiledModel] = {}
+    hidden_models: dict[str, HiddenModel] = {}
     for model_id, config in parsed.models.items():
         for index, route in enumerate(config.routes):
             if route.provider not in parsed.providers:
@@ -129,6 +138,7 @@ def _build(parsed: CatalogFile, unset: dict[tuple[PathPart, ...], list[str]]) ->
         reasons = "; ".join(f"provider {p!r}: {missing_key[p]}" for p in dict.fromkeys(dropped))
         if not routes:
             hidden.setdefault(reasons, []).append(model_id)
+            hidden_models[model_id] = HiddenModel(compiled, reasons)
             continue
         if dropped:
             warnings.append(f"model {model_id!r}: routes skipped ({reasons})")
@@ -142,7 +152,7 @@ def _build(parsed: CatalogFile, unset: dict[tuple[PathPart, ...], list[str]]) ->
         warnings.append(f"{subject} hidden: no usable route ({reasons})")
     for message in warnings:
         logger.warning("catalog: %s", message)
-    return Catalog(providers=usable, models=models, warnings=warnings)
+    return Catalog(providers=usable, models=models, warnings=warnings, hidden=hidden_models)
 
 
 def _drop_empty_provider_fields(tree: dict[Any, Any]) -> None:
