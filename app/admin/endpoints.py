@@ -73,8 +73,11 @@ async def list_accounts(
     limit: Limit = DEFAULT_PAGE_SIZE,
     cursor: Cursor = None,
     status: Literal["active", "suspended"] | None = None,
+    q: Annotated[str | None, Query(description="exact id, or part of the name")] = None,
 ) -> Page[AccountOut]:
-    records, next_cursor = await reports.list_accounts(limit=limit, cursor=cursor, status=status)
+    records, next_cursor = await reports.list_accounts(
+        limit=limit, cursor=cursor, status=status, search=q
+    )
     return Page(data=[AccountOut.of(record) for record in records], next_cursor=next_cursor)
 
 

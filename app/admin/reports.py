@@ -25,7 +25,8 @@ from app.errors import InvalidParameter
 from app.keys.cursor import decode_cursor, encode_cursor
 from app.ledger.records import AccountRecord, as_utc
 
-GroupBy = Literal["model", "key", "day"]
+GroupBy = Literal["model", "key", "account", "day"]
+Bucket = Literal["hour", "day"]
 _R = TypeVar("_R")
 
 _accounts = cast(Table, Account.__table__)
@@ -83,12 +84,24 @@ class UsageRow:
 
 
 @dataclass(frozen=True, slots=True)
+class TimelineRow:
+    #: the bucket's start, UTC: "YYYY-MM-DDTHH" (hour) or "YYYY-MM-DD" (day)
+    bucket: str
+    requests: int
+    #: requests answered with a 4xx or 5xx status
+    errors: int
+    images: int
+    cost_micros: int
+
+
+@dataclass(frozen=True, slots=True)
 class RequestFilter:
     account_id: str | None = None
     key_id: str | None = None
     model: str | None = None
     status_code: int | None = None
     state: str | None = None
+    error_code: str | None = None
     since: datetime | None = None
     until: datetime | None = None
 
@@ -98,12 +111,24 @@ class Reports:
         self._engine = engine
 
     async def list_accounts(
-        self, *, limit: int, cursor: str | None, status: str | None = None
+        self,
+        *,
+        limit: int,
+        cursor: str | None,
+        status: str | None = None,
+        search: str | None = None,
     ) -> tuple[list[AccountRecord], str | None]:
-        """Accounts in creation order."""
+        """Accounts in creation order; `search` matches the exact id or part of the name."""
         query = select(_accounts).order_by(_accounts.c.created_at, _accounts.c.id)
         if status is not None:
             query = query.where(_accounts.c.status == status)
+        if search:
+            query = query.where(
+                or_(
+                    _accounts.c.id == search,
+                    func.lower(_accounts.c.name).contains(search.lower(), autoescape=True),
+                )
+            )
         if cursor is not None:
             created_at, account_id = _decode_time_cursor(cursor)
             query = query.where(
@@ -138,6 +163,47 @@ class Reports:
             rows = list(await conn.execute(query.limit(limit + 1)))
         records = [RequestRecord.from_row(row) for row in rows]
         return _page(records, limit, lambda record: (record.created_at, record.id))
+
+    async def get_request(self, request_id: str) -> RequestRecord | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(_log).where(_log.c.id == request_id))).first()
+        return None if row is None else RequestRecord.from_row(row)
+
+    async def timeline(self, filters: RequestFilter, *, bucket: Bucket) -> list[TimelineRow]:
+        """Per hour or day (UTC), oldest first: requests, errors, settled images and cost.
+
+        Only buckets with requests appear; the caller fills the gaps it wants to draw."""
+        settled = _log.c.state == "settled"
+        failed = _log.c.status_code >= 400
+        async with self._engine.connect() as conn:
+            group = _time_bucket(conn, bucket)
+            query = (
+                select(
+                    group.label("grp"),
+                    func.count().label("requests"),
+                    func.coalesce(func.sum(case((failed, 1), else_=0)), 0).label("errors"),
+                    func.coalesce(func.sum(case((settled, _log.c.images), else_=0)), 0).label(
+                        "images"
+                    ),
+                    func.coalesce(func.sum(case((settled, _log.c.cost_micros), else_=0)), 0).label(
+                        "cost"
+                    ),
+                )
+                .where(*_conditions(filters))
+                .group_by(group)
+                .order_by(group)
+            )
+            rows = list(await conn.execute(query))
+        return [
+            TimelineRow(
+                bucket=str(row.grp),
+                requests=int(row.requests),
+                errors=int(row.errors),
+                images=int(row.images),
+                cost_micros=int(row.cost),
+            )
+            for row in rows
+        ]
 
     async def usage(self, filters: RequestFilter, *, group_by: GroupBy | None) -> list[UsageRow]:
         """Requests, images and settled cost: one row per group, or one row in all."""
@@ -189,6 +255,8 @@ def _conditions(filters: RequestFilter) -> list[ColumnElement[bool]]:
         conditions.append(_log.c.status_code == filters.status_code)
     if filters.state is not None:
         conditions.append(_log.c.state == filters.state)
+    if filters.error_code is not None:
+        conditions.append(_log.c.error_code == filters.error_code)
     if filters.since is not None:
         conditions.append(_log.c.created_at >= filters.since.astimezone(UTC))
     if filters.until is not None:
@@ -201,13 +269,22 @@ def _group_column(conn: AsyncConnection, group_by: GroupBy | None) -> ColumnElem
         return _log.c.model
     if group_by == "key":
         return _log.c.key_id
+    if group_by == "account":
+        return _log.c.account_id
     if group_by == "day":
-        if conn.dialect.name == "postgresql":
-            # the UTC calendar day, whatever the session's time zone
-            return func.to_char(func.timezone("UTC", _log.c.created_at), "YYYY-MM-DD")
-        # SQLite stores naive UTC text: date() takes its first ten characters' day
-        return func.date(_log.c.created_at)
+        return _time_bucket(conn, "day")
     return literal(None)
+
+
+def _time_bucket(conn: AsyncConnection, bucket: Bucket) -> ColumnElement[Any]:
+    if conn.dialect.name == "postgresql":
+        # the UTC calendar day or hour, whatever the session's time zone
+        pattern = "YYYY-MM-DD" if bucket == "day" else 'YYYY-MM-DD"T"HH24'
+        return func.to_char(func.timezone("UTC", _log.c.created_at), pattern)
+    # SQLite stores naive UTC text: date() takes its first ten characters' day
+    if bucket == "day":
+        return func.date(_log.c.created_at)
+    return func.strftime("%Y-%m-%dT%H", _log.c.created_at)
 
 
 def _page(

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Generic, Literal, Self, TypeVar
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 from pydantic_core import PydanticCustomError
 
-from app.admin.reports import RequestRecord, UsageRow, usage_total
+from app.admin.reports import GroupBy, RequestRecord, UsageRow, usage_total
 from app.keys.repository import KeyRecord
 from app.ledger.budgets import Budget, BudgetUsage
 from app.ledger.records import AccountRecord, LedgerRow
@@ -298,7 +298,7 @@ class UsageRowOut(BaseModel):
 
 class UsageOut(BaseModel):
     object: Literal["usage"] = "usage"
-    group_by: Literal["model", "key", "day"] | None
+    group_by: GroupBy | None
     from_: datetime | None = Field(serialization_alias="from")
     to: datetime | None
     data: list[UsageRowOut]
@@ -309,7 +309,7 @@ class UsageOut(BaseModel):
         cls,
         rows: list[UsageRow],
         *,
-        group_by: Literal["model", "key", "day"] | None,
+        group_by: GroupBy | None,
         since: datetime | None,
         until: datetime | None,
     ) -> Self:

@@ -56,6 +56,12 @@ _PARAM_TYPES = frozenset({"enum", "integer", "number", "boolean", "string"})
 
 
 @dataclass(frozen=True, slots=True)
+class HiddenModel:
+    model: CompiledModel
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Catalog:
     """The usable catalog: providers with credentials, and the models routed through them."""
 
@@ -69,6 +75,8 @@ class Catalog:
     aliases: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
     #: every declared provider, usable or not (start-up builds an adapter for each as a check)
     declared_providers: dict[str, ProviderConfig] = field(default_factory=dict)
+    #: models left without a usable route, compiled, with why (which credential is missing)
+    hidden: dict[str, HiddenModel] = field(default_factory=dict)
 
     def get(self, model_id: str, account_id: str | None = None) -> CompiledModel | None:
         """The model behind an id or an alias (resolved for `account_id` when given)."""
@@ -137,6 +145,7 @@ def _build(parsed: CatalogFile, unset: dict[tuple[PathPart, ...], list[str]]) ->
     #: hidden models grouped by why, so a keyless start says one line per missing credential
     hidden: dict[str, list[str]] = {}
     models: dict[str, CompiledModel] = {}
+    hidden_models: dict[str, HiddenModel] = {}
     for model_id, config in parsed.models.items():
         for index, route in enumerate(config.routes):
             if route.provider not in parsed.providers:
@@ -151,6 +160,7 @@ def _build(parsed: CatalogFile, unset: dict[tuple[PathPart, ...], list[str]]) ->
         reasons = "; ".join(f"provider {p!r}: {missing_key[p]}" for p in dict.fromkeys(dropped))
         if not routes:
             hidden.setdefault(reasons, []).append(model_id)
+            hidden_models[model_id] = HiddenModel(compiled, reasons)
             continue
         if dropped:
             warnings.append(f"model {model_id!r}: routes skipped ({reasons})")
@@ -171,6 +181,7 @@ def _build(parsed: CatalogFile, unset: dict[tuple[PathPart, ...], list[str]]) ->
         warnings=warnings,
         aliases=aliases,
         declared_providers=dict(parsed.providers),
+        hidden=hidden_models,
     )
 
 

@@ -122,6 +122,17 @@ class KeyAuthenticator:
             if throttle is not None and address is not None:
                 throttle.record_failure(address)
             raise AuthenticationError(f"Incorrect API key provided: {display_prefix(secret)}***.")
+        return self._admit(found)
+
+    async def authenticate_hash(self, key_hash: str) -> AuthenticatedKey:
+        """The key with this stored hash, checked like `authenticate` (server-side callers that
+        hold a key record but never its secret: the console playground)."""
+        found = await self._lookup(key_hash)
+        if found is None:
+            raise AuthenticationError("This API key no longer exists.")
+        return self._admit(found)
+
+    def _admit(self, found: KeyWithAccount) -> AuthenticatedKey:
         key = found.key
         if key.revoked_at is not None:
             raise PermissionDenied("This API key has been revoked.", code="KEY_REVOKED")
