@@ -144,6 +144,7 @@ class Settings(BaseSettings):
     def upstream_proxy_from_env(self) -> bool:
         """HTTP(S)_PROXY / ALL_PROXY set: the upstream client must read the environment."""
         return bool(urllib.request.getproxies_environment())
+
     # Operator console (`/console`, on with the admin API)
     console_session_ttl_s: int = Field(
         default=8 * 3600, gt=0, validation_alias="GATEWAY_CONSOLE_SESSION_TTL_S"
