@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
 import httpx
@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.adapters.base import AdapterContext, ImageAdapter
 from app.adapters.registry import build_adapter
+from app.catalog.live import CatalogSnapshot, LiveCatalog
 from app.catalog.loader import Catalog, load_catalog
 from app.db.engine import make_engine
 from app.images.work import ImageWorkPool
@@ -42,11 +43,10 @@ logger = logging.getLogger(__name__)
 @dataclass(slots=True)
 class Gateway:
     settings: Settings
-    catalog: Catalog
+    #: the catalog and adapters in force, swapped whole by a reload (`app.catalog.live`)
+    live: LiveCatalog
     engine: AsyncEngine
     http: httpx.AsyncClient
-    #: one adapter per catalog provider, by provider name
-    adapters: dict[str, ImageAdapter]
     ledger: Ledger
     keys: KeyService
     authenticator: KeyAuthenticator
@@ -58,6 +58,14 @@ class Gateway:
     admin_throttle: FailureThrottle
     #: the upstream and database pools' occupancy, for metrics (app.pools)
     pools: list[PoolGauge] = field(default_factory=list)
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.live.current.catalog
+
+    @property
+    def adapters(self) -> Mapping[str, ImageAdapter]:
+        return self.live.current.adapters
 
 
 def build_adapters(catalog: Catalog, context: AdapterContext) -> dict[str, ImageAdapter]:
@@ -89,15 +97,21 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
     )
     gateway = Gateway(
         settings=settings,
-        catalog=catalog,
+        live=LiveCatalog(
+            CatalogSnapshot(
+                catalog,
+                build_adapters(
+                    catalog,
+                    AdapterContext(
+                        http=http,
+                        max_download_bytes=settings.max_download_bytes,
+                        image_work=image_work,
+                    ),
+                ),
+            )
+        ),
         engine=engine,
         http=http,
-        adapters=build_adapters(
-            catalog,
-            AdapterContext(
-                http=http, max_download_bytes=settings.max_download_bytes, image_work=image_work
-            ),
-        ),
         ledger=ledger,
         keys=KeyService(engine),
         authenticator=KeyAuthenticator(

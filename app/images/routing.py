@@ -24,7 +24,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from app.adapters.base import AdapterResult, ImageAdapter, ImageRequest, PartialSink
@@ -91,7 +91,7 @@ class Router:
         *,
         model_id: str,
         config: ModelConfig,
-        adapters: dict[str, ImageAdapter],
+        adapters: Mapping[str, ImageAdapter],
         providers: dict[str, ProviderConfig],
         request: ImageRequest,
         on_partial: PartialSink | None = None,
@@ -157,7 +157,7 @@ class Router:
     @staticmethod
     async def _attempt(
         route: RouteConfig,
-        adapters: dict[str, ImageAdapter],
+        adapters: Mapping[str, ImageAdapter],
         providers: dict[str, ProviderConfig],
         request: ImageRequest,
         on_partial: PartialSink | None,
@@ -182,7 +182,7 @@ async def call_routes(
     *,
     model_id: str,
     routes: list[RouteConfig],
-    adapters: dict[str, ImageAdapter],
+    adapters: Mapping[str, ImageAdapter],
     providers: dict[str, ProviderConfig],
     request: ImageRequest,
     on_partial: PartialSink | None = None,
