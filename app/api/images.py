@@ -9,7 +9,7 @@ from app.api.deps import CurrentKey, GatewayDep, read_body, request_ids
 from app.api.multipart import read_edit_form
 from app.api.streaming import ImageEventResponse
 from app.images.edits import RequestBody
-from app.images.service import CallContext, Endpoint, ImageService, Result
+from app.images.service import CallContext, Endpoint, Result
 from app.images.streaming import ImageEventStream
 from app.keys.auth import AuthenticatedKey
 
@@ -23,7 +23,7 @@ MAX_JSON_BODY_BYTES = 2 * 1024 * 1024
 async def create_generation(request: Request, gateway: GatewayDep, key: CurrentKey) -> Response:
     raw = await read_body(request, min(MAX_JSON_BODY_BYTES, gateway.settings.max_request_bytes))
     ctx = call_context(request, key, "generations")
-    return respond(await ImageService(gateway).generate(ctx, raw))
+    return respond(await gateway.images.generate(ctx, raw))
 
 
 @router.post("/images/edits")
@@ -40,7 +40,7 @@ async def create_edit(request: Request, gateway: GatewayDep, key: CurrentKey) ->
     else:
         upload = await read_body(request, settings.max_request_bytes)
     ctx = call_context(request, key, "edits")
-    return respond(await ImageService(gateway).edit(ctx, upload))
+    return respond(await gateway.images.edit(ctx, upload))
 
 
 def call_context(request: Request, key: AuthenticatedKey, endpoint: Endpoint) -> CallContext:

@@ -71,7 +71,7 @@ from app.ledger.budgets import (
     window_of,
 )
 from app.ledger.records import AccountRecord, LedgerRow, SettleOutcome, SettleState, utc_now
-from app.ledger.refusals import account_not_found, hold_refusal, usd
+from app.ledger.refusals import account_not_found, hold_refusal, key_refusal, usd
 from app.ledger.repository import FinishedRequest, HoldRequest, LedgerRepository
 from app.pools import Occupancy
 
@@ -313,6 +313,19 @@ class Ledger:
             raise Conflict(
                 f"request id {request_id!r} was already used", code="DUPLICATE_REQUEST_ID"
             ) from exc
+
+    async def check_key(self, *, account_id: str, key_id: str, key_hash: str | None) -> None:
+        """Raise what a hold would (401/403) if this key may not act for the account now.
+
+        For paths that hand out what a key paid for without taking a hold (Idempotency-Key
+        replays): a revoked, expired or rotated secret is refused there exactly as the hold
+        refuses it, on every process, whatever a key cache still holds.
+        """
+        async with self._read() as repo:
+            facts = await repo.hold_facts(account_id=account_id, key_id=key_id)
+        refusal = key_refusal(facts, account_id=account_id, key_hash=key_hash)
+        if refusal is not None:
+            raise refusal
 
     async def _explain_refused_hold(self, hold: HoldRequest) -> int:
         """Postgres, off the happy path: re-judge a refused hold under the account row lock.
