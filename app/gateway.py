@@ -25,6 +25,7 @@ from app.catalog.live import CatalogSnapshot, LiveCatalog
 from app.catalog.loader import Catalog, load_catalog
 from app.db.engine import make_engine
 from app.images.admission import Admissions
+from app.images.routing import Router
 from app.images.service import ImageLimits, ImageService
 from app.images.work import ImageWorkPool
 from app.keys.auth import KeyAuthenticator
@@ -150,6 +151,7 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
                 rate_limiter=rate_limiter,
                 idempotency_ttl_s=settings.idempotency_ttl_s,
             ),
+            router=Router(),  # process-wide: its breaker remembers each provider's health
             image_work=image_work,
             limits=ImageLimits(
                 max_image_bytes=settings.max_image_bytes,

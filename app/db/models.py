@@ -120,6 +120,9 @@ class RequestLog(Base):
     #: the key_spend windows this request's hold counted against, comma-separated (refunds
     #: give the budget back to exactly these); None: the key had no budget
     budget_windows: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: the provider attempts in order, e.g. "openai:UPSTREAM_ERROR>fal:ok" (the last `ok` is
+    #: the provider that answered); None for requests that never reached a provider
+    route: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 

@@ -39,6 +39,7 @@ from typing import Any, Final, Literal
 from app.catalog.live import CatalogSnapshot
 from app.catalog.parameters import CompiledModel, ValidatedGeneration
 from app.errors import GatewayError, ServiceUnavailable
+from app.images.routing import RouteTrace
 from app.keys.auth import AuthenticatedKey
 from app.ledger.idempotency import Claim, IdempotencyStore, StoredResponse, request_hash
 from app.ledger.service import Ledger
@@ -163,6 +164,8 @@ class Admission:
         self._claim: Claim | None = None
         self._lease: Lease = UNLIMITED
         self._hold: HoldState = "none"
+        #: the provider attempts, filled in by the router, kept in the request log
+        self.trace = RouteTrace()
         #: what the ledger took at the settle (micro-dollars)
         self.charged_micros = 0
         self._body: bytes | None = None
@@ -225,6 +228,7 @@ class Admission:
             images=images,
             status_code=200,
             latency_ms=elapsed_ms(request.started),
+            route=self._route(),
         )
         self._hold = "settled"
         self.charged_micros = outcome.cost_micros if outcome.settled else 0
@@ -237,6 +241,9 @@ class Admission:
                 cost_micros,
             )
         return self.charged_micros
+
+    def _route(self) -> str | None:
+        return str(self.trace) if self.trace.attempts else None
 
     def deliver(self, body: bytes) -> None:
         """The response, once settled: the exit stores it under the Idempotency-Key."""
@@ -276,6 +283,7 @@ class Admission:
                     status_code=status_code,
                     error_code=error_code,
                     latency_ms=elapsed_ms(request.started),
+                    route=self._route(),
                 )
             except Exception:
                 logger.exception("request %s: refund failed; the sweeper will refund", request_id)

@@ -9,7 +9,9 @@
     edits: reference images sniffed and pixel-checked (`check_images`): only now, once the
         │  caller has paid, so a $0 or rate-limited key cannot make the gateway look at them
         ▼
-    work task:  async with admission:  provider routes ─▶ normalise images ─▶ actual cost
+    work task:  async with admission:  provider routes (`Router`: strategy, retries,
+                                       breaker; attempts traced into the request log)
+                                       ─▶ normalise images ─▶ actual cost
                                        ─▶ response rendered ─▶ settle ─▶ deliver
                 the admission's exit: refund an unsettled hold, store or give up the
                 Idempotency-Key, release the lease (for every path, plain or streamed)
@@ -70,7 +72,7 @@ from app.images.admission import (
 )
 from app.images.edits import RequestBody, check_images, edit_body_from_json, edit_fingerprint
 from app.images.results import Delivery, FinishedImage, finish_image, finish_images, render_body
-from app.images.routing import call_routes
+from app.images.routing import Router
 from app.images.streaming import ImageEventStream, StreamShape
 from app.images.work import ImageWorkPool
 from app.keys.auth import AuthenticatedKey
@@ -160,11 +162,13 @@ class ImageService:
         *,
         live: LiveCatalog,
         admissions: Admissions,
+        router: Router,
         image_work: ImageWorkPool,
         limits: ImageLimits,
     ) -> None:
         self._live = live
         self._admissions = admissions
+        self._router = router
         self._image_work = image_work
         self._limits = limits
         #: the work of admitted requests, referenced until done (see the module docstring)
@@ -309,13 +313,14 @@ class ImageService:
 
         snapshot = request.snapshot
         try:
-            result = await call_routes(
+            result = await self._router.call(
                 model_id=model.id,
-                routes=model.routes,
+                config=model.config,
                 adapters=snapshot.adapters,
                 providers=snapshot.catalog.providers,
                 request=upstream,
                 on_partial=adapter_sink,
+                trace=admission.trace,
             )
         except GatewayError:
             raise

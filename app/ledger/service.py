@@ -410,11 +410,13 @@ class Ledger:
         status_code: int = 200,
         error_code: str | None = None,
         latency_ms: int | None = None,
+        route: str | None = None,
     ) -> SettleOutcome:
         """Finish a held request: keep `cost_micros`, give back the rest of the hold.
 
         A failed request is `settle(cost_micros=0, status_code=..., error_code=...)`. Happens
-        once: a second settle, or a settle after the sweeper, changes nothing.
+        once: a second settle, or a settle after the sweeper, changes nothing. `route`: the
+        provider attempts, for the request log (`app.images.routing.RouteTrace`).
         """
         if cost_micros < 0 or images < 0:
             raise ValueError(f"cost and images must be >= 0, got {cost_micros}, {images}")
@@ -432,6 +434,7 @@ class Ledger:
                 error_code=error_code,
                 latency_ms=latency_ms,
                 note=note,
+                route=route,
             )
         )
         if finished is None:
@@ -463,6 +466,7 @@ class Ledger:
         error_code: str | None,
         latency_ms: int | None,
         note: str,
+        route: str | None = None,
     ) -> FinishedRequest | None:
         for attempt in range(_HOLD_ATTEMPTS):
             try:
@@ -476,6 +480,7 @@ class Ledger:
                         error_code=error_code,
                         latency_ms=latency_ms,
                         note=note,
+                        route=route,
                     )
             except DBAPIError as exc:  # one statement: a deadlock victim moved nothing
                 if not _is_deadlock(exc) or attempt == _HOLD_ATTEMPTS - 1:
