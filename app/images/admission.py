@@ -5,8 +5,10 @@
           └ a stored response: replayed, after the key is checked like the hold checks it
           └ refused at any step (400/409, 429, 401/402/403): what was taken is given back
             through the exit below, and the request is logged `unbilled`
-    the work (`app.images.service`): provider ─▶ images ─▶ admission.settle(cost) ─▶ body
     async with admission:   ◀── the ONE way out, for plain, streamed and failed requests alike
+        the work (`app.images.service`, in a task it owns): provider ─▶ images ─▶ body
+        rendered ─▶ admission.settle(cost) ─▶ admission.deliver(body)
+    leaving the block, however (return, exception, cancellation), runs the exit:
         hold never settled  ─▶ settled at zero (refunded in full), with the failure's code
         settled + delivered ─▶ the body stored under the Idempotency-Key (replays)
         otherwise           ─▶ the key given up, so the client may retry it
