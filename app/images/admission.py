@@ -1,10 +1,11 @@
 """One paid request from its Idempotency-Key claim to its exit: `Admission` owns all of it.
 
-    Admissions.admit(request, fingerprint)
-        Idempotency-Key claim ──▶ rate-limit lease ──▶ ledger hold        (always this order)
+    Admissions.admit(request, fingerprint, inspect=...)
+        Idempotency-Key claim ──▶ rate-limit lease ──▶ ledger hold ──▶ inspect()
           └ a stored response: replayed, after the key is checked like the hold checks it
           └ refused at any step (400/409, 429, 401/402/403): what was taken is given back
-            through the exit below, and the request is logged `unbilled`
+            through the exit below; a refusal before the hold is logged `unbilled`, one by
+            `inspect` (an edit's uploads, looked at only once paid for) is refunded
     async with admission:   ◀── the ONE way out, for plain, streamed and failed requests alike
         the work (`app.images.service`, in a task it owns): provider ─▶ images ─▶ body
         rendered ─▶ admission.settle(cost) ─▶ admission.deliver(body)
@@ -33,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Literal
@@ -115,19 +116,30 @@ class Admissions:
         #: exits running shielded from a cancelled caller, referenced until they are done
         self._exits: set[asyncio.Task[None]] = set()
 
-    async def admit(self, request: PaidRequest, fingerprint: bytes) -> Admission | Outcome:
+    async def admit(
+        self,
+        request: PaidRequest,
+        fingerprint: bytes,
+        *,
+        inspect: Callable[[], None] | None = None,
+    ) -> Admission | Outcome:
         """Claim, lease and hold for `request`; or the stored response to replay.
 
         `fingerprint`: the bytes the Idempotency-Key's request hash covers (the raw body, or
-        an edit's fields and image digests). A refusal is raised after everything taken so
-        far was given back through the admission's exit, and logged `unbilled`.
+        an edit's fields and image digests). `inspect`: work that only a paying caller may
+        cause, and that may still refuse the request (raise), run once the hold is taken.
+        A refusal is raised after everything taken so far was given back through the
+        admission's exit.
         """
         admission = Admission(self, request)
         try:
             replay = await admission._acquire(fingerprint)
+            if replay is None and inspect is not None:
+                inspect()
         except BaseException as exc:
+            held = admission._hold == "held"  # then its request log row records the refusal
             await admission.close(exc)
-            if isinstance(exc, GatewayError):
+            if isinstance(exc, GatewayError) and not held:
                 await log_unbilled(
                     self.ledger,
                     request.ctx,

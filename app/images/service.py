@@ -227,20 +227,22 @@ class ImageService:
             )
             raise
         request = PaidRequest(ctx, snapshot, model, validated, price, started)
-        admitted = await self._admissions.admit(request, fingerprint(body))
+
+        def inspect_uploads() -> None:
+            check_images(
+                body,
+                max_bytes=self._limits.max_image_bytes,
+                max_pixels=self._limits.max_image_pixels,
+            )
+
+        # pay before you work: an edit's uploads are looked at only once the caller has paid
+        admitted = await self._admissions.admit(
+            request,
+            fingerprint(body),
+            inspect=inspect_uploads if body.images is not None else None,
+        )
         if isinstance(admitted, Outcome):
             return admitted
-        try:
-            # pay before you work: the uploads are looked at only once the caller has paid
-            if body.images is not None:
-                check_images(
-                    body,
-                    max_bytes=self._limits.max_image_bytes,
-                    max_pixels=self._limits.max_image_pixels,
-                )
-        except BaseException as exc:
-            await admitted.close(exc)  # refunded in full
-            raise
         if request.stream:
             return ImageEventStream(
                 start=lambda stream: self._spawn(self._stream(admitted, stream)),
