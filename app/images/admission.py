@@ -8,7 +8,8 @@
             `inspect` (an edit's uploads, looked at only once paid for) is refunded
     async with admission:   ◀── the ONE way out, for plain, streamed and failed requests alike
         the work (`app.images.service`, in a task it owns): provider ─▶ images ─▶ body
-        rendered ─▶ admission.settle(cost) ─▶ admission.deliver(body)
+        rendered for the cost ─▶ admission.settle(cost, body) (delivered if the ledger took
+        that cost; else re-rendered for what it took ─▶ admission.deliver(body))
     leaving the block, however (return, exception, cancellation), runs the exit:
         hold never settled  ─▶ settled at zero (refunded in full), with the failure's code
         settled + delivered ─▶ the body stored under the Idempotency-Key (replays)
@@ -45,6 +46,7 @@ from app.errors import GatewayError, ServiceUnavailable
 from app.images.routing import RouteTrace
 from app.keys.auth import AuthenticatedKey
 from app.ledger.idempotency import Claim, IdempotencyStore, StoredResponse, request_hash
+from app.ledger.records import SettleOutcome
 from app.ledger.service import Ledger
 from app.ratelimit.base import UNLIMITED, Lease, RateLimiter
 
@@ -183,6 +185,8 @@ class Admission:
         #: what the ledger took at the settle (micro-dollars)
         self.charged_micros = 0
         self._body: bytes | None = None
+        #: the settle under way, with the cost it settles and the body rendered for that cost
+        self._settling: tuple[asyncio.Future[SettleOutcome], int, bytes] | None = None
         self._exited = False
 
     # acquiring -----------------------------------------------------------------------------
@@ -229,28 +233,45 @@ class Admission:
         return None
 
     # inside the work -----------------------------------------------------------------------
-    async def settle(self, *, cost_micros: int, images: int) -> int:
+    async def settle(self, *, cost_micros: int, images: int, body: bytes) -> int:
         """Settle the hold to the actual cost; return what the ledger actually took.
 
-        A request that outlived its hold was refunded by the sweeper: it took nothing, and
-        its response must say so (0); the late settle is logged.
+        `body`: the response rendered for `cost_micros`; it is delivered (stored under the
+        Idempotency-Key by the exit) when the ledger took exactly that. A request that
+        outlived its hold was refunded by the sweeper: it took nothing, its response must say
+        so (0: the caller renders and delivers again), and the late settle is logged.
+        The settle runs to its end even if the caller is cancelled meanwhile (a stream cut
+        off by a shutdown): the exit then waits for it, so what was charged is delivered.
         """
         request = self.request
-        outcome = await self._admissions.ledger.settle(
-            request_id=request.ctx.request_id,
-            cost_micros=cost_micros,
-            images=images,
-            status_code=200,
-            latency_ms=elapsed_ms(request.started),
-            route=self._route(),
+        self._settling = (
+            asyncio.ensure_future(
+                self._admissions.ledger.settle(
+                    request_id=request.ctx.request_id,
+                    cost_micros=cost_micros,
+                    images=images,
+                    status_code=200,
+                    latency_ms=elapsed_ms(request.started),
+                    route=self._route(),
+                )
+            ),
+            cost_micros,
+            body,
         )
+        return self._settled(await asyncio.shield(self._settling[0]))
+
+    def _settled(self, outcome: SettleOutcome) -> int:
+        assert self._settling is not None
+        _, cost_micros, body = self._settling
         self._hold = "settled"
         self.charged_micros = outcome.cost_micros if outcome.settled else 0
+        if self.charged_micros == cost_micros:
+            self._body = body
         if not outcome.settled:
             logger.error(
                 "request %s settled late: its hold was already %s, so its %d micro-dollars "
                 "were not charged",
-                request.ctx.request_id,
+                self.request.ctx.request_id,
                 outcome.state,
                 cost_micros,
             )
@@ -260,7 +281,8 @@ class Admission:
         return str(self.trace) if self.trace.attempts else None
 
     def deliver(self, body: bytes) -> None:
-        """The response, once settled: the exit stores it under the Idempotency-Key."""
+        """The response re-rendered for what the ledger took, when that was not the cost
+        `settle` was given: the exit stores it under the Idempotency-Key."""
         self._body = body
 
     # the one exit --------------------------------------------------------------------------
@@ -287,6 +309,11 @@ class Admission:
         self._exited = True
         request = self.request
         request_id = request.ctx.request_id
+        if self._settling is not None and self._hold != "settled":
+            try:  # a settle its caller stopped waiting for: its outcome decides
+                self._settled(await self._settling[0])
+            except Exception:
+                logger.exception("request %s: its settle failed", request_id)
         if self._hold in ("held", "uncertain"):
             status_code, error_code = _failure(error)
             try:

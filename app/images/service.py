@@ -348,10 +348,10 @@ class ImageService:
             )
             cost = request.price
         body = render(Delivery(images, cost, result.usage))  # a failure here refunds in full
-        charged = await admission.settle(cost_micros=cost, images=len(images))
+        charged = await admission.settle(cost_micros=cost, images=len(images), body=body)
         if charged != cost:  # swept while it ran: the response says what was really taken
             body = render(Delivery(images, charged, result.usage))
-        admission.deliver(body)
+            admission.deliver(body)
         return body
 
 
