@@ -8,7 +8,7 @@ from starlette.responses import Response
 from app.api.deps import CurrentKey, GatewayDep, read_body, request_ids
 from app.api.multipart import read_edit_form
 from app.api.streaming import ImageEventResponse
-from app.images.edits import RequestBody
+from app.images.edits import JsonUpload, RequestBody
 from app.images.service import CallContext, Endpoint, ImageService, Result
 from app.images.streaming import ImageEventStream
 from app.keys.auth import AuthenticatedKey
@@ -21,7 +21,8 @@ MAX_JSON_BODY_BYTES = 2 * 1024 * 1024
 
 @router.post("/images/generations")
 async def create_generation(request: Request, gateway: GatewayDep, key: CurrentKey) -> Response:
-    raw = await read_body(request, min(MAX_JSON_BODY_BYTES, gateway.settings.max_request_bytes))
+    limit = min(MAX_JSON_BODY_BYTES, gateway.settings.max_request_bytes)
+    raw = bytes(await read_body(request, limit))  # small; kept for the Idempotency-Key hash
     ctx = call_context(request, key, "generations")
     return respond(await ImageService(gateway).generate(ctx, raw))
 
@@ -30,7 +31,7 @@ async def create_generation(request: Request, gateway: GatewayDep, key: CurrentK
 async def create_edit(request: Request, gateway: GatewayDep, key: CurrentKey) -> Response:
     """Multipart as the SDKs send it, or a JSON body with `images: [{"image_url": ...}]`."""
     settings = gateway.settings
-    upload: RequestBody | bytes
+    upload: RequestBody | JsonUpload
     if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
         upload = await read_edit_form(
             request,
@@ -38,7 +39,7 @@ async def create_edit(request: Request, gateway: GatewayDep, key: CurrentKey) ->
             max_image_bytes=settings.max_image_bytes,
         )
     else:
-        upload = await read_body(request, settings.max_request_bytes)
+        upload = JsonUpload(await read_body(request, settings.max_request_bytes))
     ctx = call_context(request, key, "edits")
     return respond(await ImageService(gateway).edit(ctx, upload))
 
