@@ -34,6 +34,7 @@ from app.admin.deps import (
     Limit,
     ReportsDep,
     SettingsDep,
+    reject_unknown_query,
     require_admin,
 )
 from app.admin.reports import GroupBy, RequestFilter
@@ -60,7 +61,7 @@ from app.errors import InvalidParameter
 router = APIRouter(
     prefix="/admin/v1",
     tags=["admin"],
-    dependencies=[Depends(require_admin)],
+    dependencies=[Depends(require_admin), Depends(reject_unknown_query)],
     responses=error_responses(400, 401, 404, 409, 429, 503),
 )
 
