@@ -22,6 +22,7 @@ from app.adapters.base import AdapterContext, ImageAdapter
 from app.adapters.registry import build_adapter
 from app.catalog.live import CatalogSnapshot, LiveCatalog
 from app.catalog.loader import Catalog, load_catalog
+from app.catalog.reload import CatalogReloader, reload_on_sighup
 from app.db.engine import make_engine
 from app.images.work import ImageWorkPool
 from app.keys.auth import KeyAuthenticator
@@ -56,6 +57,8 @@ class Gateway:
     image_work: ImageWorkPool
     #: failed admin-token attempts per client address (`app.security.throttle`)
     admin_throttle: FailureThrottle
+    #: re-reads the catalog file into `live` (SIGHUP, `POST /admin/v1/catalog/reload`)
+    reloader: CatalogReloader
     #: the upstream and database pools' occupancy, for metrics (app.pools)
     pools: list[PoolGauge] = field(default_factory=list)
 
@@ -95,21 +98,13 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
         workers=settings.image_workers,
         budget_pixels=settings.image_budget_megapixels * 1_000_000,
     )
+    adapter_context = AdapterContext(
+        http=http, max_download_bytes=settings.max_download_bytes, image_work=image_work
+    )
+    live = LiveCatalog(CatalogSnapshot(catalog, build_adapters(catalog, adapter_context)))
     gateway = Gateway(
         settings=settings,
-        live=LiveCatalog(
-            CatalogSnapshot(
-                catalog,
-                build_adapters(
-                    catalog,
-                    AdapterContext(
-                        http=http,
-                        max_download_bytes=settings.max_download_bytes,
-                        image_work=image_work,
-                    ),
-                ),
-            )
-        ),
+        live=live,
         engine=engine,
         http=http,
         ledger=ledger,
@@ -134,6 +129,7 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
             burst=settings.admin_failure_burst,
             refill_s=settings.admin_failure_refill_s,
         ),
+        reloader=CatalogReloader(live, path=settings.gateway_config, context=adapter_context),
     )
     gateway.pools = pool_gauges(gateway)
     sweeper = Sweeper(ledger, idempotency=gateway.idempotency)
@@ -144,7 +140,8 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
         name="ledger-sweeper",
     )
     try:
-        yield gateway
+        with reload_on_sighup(gateway.reloader):
+            yield gateway
     finally:
         sweeper_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

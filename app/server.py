@@ -67,6 +67,9 @@ def run_server(
         server_header=False,
     )
     if workers > 1:
+        # the workers inherit it: an admin catalog reload in one of them SIGHUPs us, and we
+        # forward that to every worker (`app.admin.catalog`)
+        os.environ["GATEWAY_SUPERVISOR_PID"] = str(os.getpid())
         _ForwardHup(config, sockets=[config.bind_socket()]).run()
     else:
         uvicorn.Server(config).run()

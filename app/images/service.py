@@ -33,6 +33,7 @@ from typing import Any, Final, Literal
 import orjson
 
 from app.adapters.base import ImageRequest, PartialSink
+from app.catalog.live import CatalogSnapshot
 from app.catalog.loader import Catalog
 from app.catalog.parameters import CompiledModel, ValidatedGeneration
 from app.errors import (
@@ -80,6 +81,8 @@ class Job:
     """A validated, priced request on its way through admission and the provider."""
 
     ctx: CallContext
+    #: the catalog in force when the request started: a reload mid-request does not touch it
+    snapshot: CatalogSnapshot
     model: CompiledModel
     validated: ValidatedGeneration
     price: int
@@ -171,11 +174,12 @@ class ImageService:
         fingerprint: Callable[[RequestBody], bytes],
     ) -> Result:
         started = time.perf_counter()
+        snapshot = self.gateway.live.current  # once: the whole request runs on this catalog
         model_id: str | None = None
         user: str | None = None
         try:
             body = parse()
-            model = resolve_model(self.gateway.catalog, body.fields)
+            model = resolve_model(snapshot.catalog, body.fields)
             model_id = model.id
             check_model_allowed(ctx.key, model)
             validated = model.validate(
@@ -193,7 +197,7 @@ class ImageService:
         except GatewayError as error:
             await self._log_unbilled(ctx, model_id, user, error, started)
             raise
-        job = Job(ctx, model, validated, price, started)
+        job = Job(ctx, snapshot, model, validated, price, started)
         claim = await self._claim(job, fingerprint(body))
         if isinstance(claim, Outcome):
             return claim
@@ -308,8 +312,8 @@ class ImageService:
             result = await call_routes(
                 model_id=model.id,
                 routes=model.routes,
-                adapters=gw.adapters,
-                providers=gw.catalog.providers,
+                adapters=job.snapshot.adapters,
+                providers=job.snapshot.catalog.providers,
                 request=request,
                 on_partial=adapter_sink,
             )
