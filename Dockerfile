@@ -47,7 +47,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     GATEWAY_CONFIG=/srv/image-gateway/config/models.yaml \
     GATEWAY_HOST=0.0.0.0 \
     GATEWAY_PORT=8000
-RUN useradd --system --uid 10001 --user-group --home-dir /srv/image-gateway --no-create-home \
+RUN groupadd --system --gid 10001 gateway \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /srv/image-gateway --no-create-home \
         gateway \
     && mkdir -p /srv/image-gateway/config /srv/image-gateway/data \
     && chown gateway:gateway /srv/image-gateway/data

@@ -33,7 +33,7 @@ from PIL import Image
 
 from tests.support import databases
 from tests.support.books import assert_books_balance
-from tests.support.deploy import ROOT, docker, docker_or_skip, run
+from tests.support.deploy import ROOT, docker, docker_or_skip, provider_variables, run
 from tests.support.live import ADMIN_TOKEN
 from tests.support.processes import free_port
 from tests.support.served import run_db
@@ -156,6 +156,14 @@ def test_image_builds_runs_migrates_and_serves_a_generation(
             "host",
             "--health-interval",
             "2s",
+            # as the Kubernetes manifest runs it: read-only root, no capabilities, /tmp in memory
+            "--read-only",
+            "--tmpfs",
+            "/tmp",
+            "--cap-drop",
+            "ALL",
+            "--security-opt",
+            "no-new-privileges",
             "--env",
             f"DATABASE_URL={container_database}",
             "--env",
@@ -264,15 +272,6 @@ def compose_config(**env: str) -> subprocess.CompletedProcess[str]:
         check=False,
         timeout=120,
     )
-
-
-def provider_variables() -> set[str]:
-    """Every ${VAR} the shipped catalog's providers read (keys, base URLs, versions)."""
-    providers = yaml.safe_load((ROOT / "config" / "models.yaml").read_text())["providers"]
-    found: set[str] = set()
-    for provider in providers.values():
-        found |= set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", json.dumps(provider)))
-    return found
 
 
 def test_compose_file_is_valid_and_passes_every_provider_variable_through() -> None:

@@ -7,13 +7,16 @@ saying which script installs them; with CI=true it fails instead.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -63,3 +66,12 @@ def run(
             f"--- stdout\n{done.stdout[-6000:]}\n--- stderr\n{done.stderr[-6000:]}"
         )
     return done
+
+
+def provider_variables() -> set[str]:
+    """Every ${VAR} the shipped catalog's providers read (keys, base URLs, versions)."""
+    providers = yaml.safe_load((ROOT / "config" / "models.yaml").read_text())["providers"]
+    found: set[str] = set()
+    for provider in providers.values():
+        found |= set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", json.dumps(provider)))
+    return found
