@@ -3,7 +3,8 @@
 `open_gateway(settings)` is the application's lifespan: it loads and compiles the catalog, opens
 one database engine and ONE pooled `httpx.AsyncClient`, builds one adapter per catalog provider,
 the ledger, key services, rate limiter and the background sweeper, and tears it all down in
-reverse order. Routes reach it as `request.app.state.gateway`.
+reverse order. Routes reach it as `request.app.state.gateway`. While it is open, SIGHUP reloads
+the catalog in place (`app.catalog.reload`; also `POST /admin/v1/catalog/reload`).
 """
 
 from __future__ import annotations
