@@ -13,7 +13,6 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import __version__
-from app.admin.catalog import router as admin_catalog_router
 from app.admin.endpoints import router as admin_router
 from app.api.errors import register_error_handlers
 from app.api.images import router as images_router
@@ -48,7 +47,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models_router)
     app.include_router(usage_router)
     app.include_router(admin_router)
-    app.include_router(admin_catalog_router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

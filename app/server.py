@@ -51,6 +51,10 @@ def run_server(
     )
     preflight(settings)
     upgrade(settings.database_url)
+    if workers > 1:
+        # the workers inherit it: an admin catalog reload in one of them SIGHUPs this process,
+        # the supervisor, which forwards that to every worker (`app.admin.catalog`)
+        os.environ["GATEWAY_SUPERVISOR_PID"] = str(os.getpid())
     demo = asyncio.run(ensure_demo_key(settings))
     if demo:
         admin_enabled = bool(settings.admin_token)
@@ -67,9 +71,6 @@ def run_server(
         server_header=False,
     )
     if workers > 1:
-        # the workers inherit it: an admin catalog reload in one of them SIGHUPs us, and we
-        # forward that to every worker (`app.admin.catalog`)
-        os.environ["GATEWAY_SUPERVISOR_PID"] = str(os.getpid())
         _ForwardHup(config, sockets=[config.bind_socket()]).run()
     else:
         uvicorn.Server(config).run()

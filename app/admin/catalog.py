@@ -15,15 +15,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Protocol
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
-from app.admin.deps import require_admin
 from app.catalog.reload import CatalogReloader, CatalogReloadRefused, ask_supervisor_to_reload
 from app.errors import InvalidRequest
 from app.settings import Settings
 
-router = APIRouter(prefix="/admin/v1", tags=["admin"], dependencies=[Depends(require_admin)])
+#: included by the admin router (`app.admin.endpoints`): its prefix and admin-token guard apply
+router = APIRouter()
 
 
 class ReloadingGateway(Protocol):
