@@ -75,7 +75,7 @@ def upstream() -> Iterator[MockOpenAIUpstream]:
         yield mock
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 30) -> None:
+def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 120) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
@@ -208,7 +208,10 @@ def test_serve_workers_forwards_sighup_and_admin_reloads_to_every_worker(
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: "demo key" in log_path.read_text(), "the banner", timeout_s=60)
+        # a SIGHUP while the workers are still starting (no handler yet) must not kill them
+        wait_for(lambda: "Started parent process" in log_path.read_text(), "the supervisor")
+        process.send_signal(signal.SIGHUP)
+        wait_for(lambda: "demo key" in log_path.read_text(), "the banner")
         secret = re.search(r"(sk-[A-Za-z0-9_-]{20,})", log_path.read_text())
         assert secret, log_path.read_text()
 
@@ -219,6 +222,7 @@ def test_serve_workers_forwards_sighup_and_admin_reloads_to_every_worker(
                 return False
 
         wait_for(lambda: every_worker_lists("local-preview", True), "two workers up")
+        assert "died" not in log_path.read_text(), log_path.read_text()
         catalog.write_text(RELOADED)
         process.send_signal(signal.SIGHUP)
         wait_for(lambda: every_worker_lists("fresh-model", True), "every worker reloaded")
@@ -241,6 +245,7 @@ def test_serve_workers_forwards_sighup_and_admin_reloads_to_every_worker(
         assert response.json()["workers_signalled"] is True
         wait_for(lambda: every_worker_lists("fresh-model", False), "every worker reloaded")
         assert process.poll() is None, log_path.read_text()
+        assert "died" not in log_path.read_text(), log_path.read_text()
     finally:
         process.terminate()
         process.wait(30)
