@@ -37,7 +37,7 @@ RUN --mount=type=secret,id=pip_cert \
     && /opt/venv/bin/pip install --no-deps . \
     && cd / && /opt/venv/bin/python -c "import app.main, migrations, pathlib; \
 assert list((pathlib.Path(migrations.__file__).parent / 'versions').glob('0001_*.py'))" \
-    && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
+    && /opt/venv/bin/python -m compileall -q /opt/venv/lib
 
 FROM ${BASE_IMAGE}
 ENV PATH=/opt/venv/bin:$PATH \

@@ -54,7 +54,7 @@ models:
     pricing: {per_image: 0.004}
 """
 
-#: generous: the image is ~300 MB on the debootstrap base, the start a few seconds
+#: generous: the image is ~350 MB on the debootstrap base, the start 7-15 s
 MAX_IMAGE_BYTES = 800 * 1024 * 1024
 MAX_COLD_START_S = 120.0
 
