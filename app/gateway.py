@@ -4,7 +4,9 @@
 one database engine and ONE pooled `httpx.AsyncClient`, builds one adapter per catalog provider,
 the ledger, key services, rate limiter, the `ImageService` (with exactly what it uses) and the
 background sweeper, and tears it all down in reverse order (requests still at work first).
-Routes reach it as `request.app.state.gateway`. Lower layers never import this module.
+Routes reach it as `request.app.state.gateway`. Lower layers never import this module. While it
+is open, SIGHUP reloads the catalog in place (`app.catalog.reload`; also
+`POST /admin/v1/catalog/reload`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from app.adapters.base import AdapterContext, ImageAdapter
 from app.adapters.registry import build_adapter
 from app.catalog.live import CatalogSnapshot, LiveCatalog
 from app.catalog.loader import Catalog, load_catalog
+from app.catalog.reload import CatalogReloader, reload_on_sighup
 from app.db.engine import make_engine
 from app.images.admission import Admissions
 from app.images.routing import Router
@@ -62,6 +65,8 @@ class Gateway:
     admin_throttle: FailureThrottle
     #: generations and edits (`app.images.service`)
     images: ImageService
+    #: re-reads the catalog file into `live` (SIGHUP, `POST /admin/v1/catalog/reload`)
+    reloader: CatalogReloader
     #: the upstream and database pools' occupancy, for metrics (app.pools)
     pools: list[PoolGauge] = field(default_factory=list)
 
@@ -101,19 +106,10 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
         workers=settings.image_workers,
         budget_pixels=settings.image_budget_megapixels * 1_000_000,
     )
-    live = LiveCatalog(
-        CatalogSnapshot(
-            catalog,
-            build_adapters(
-                catalog,
-                AdapterContext(
-                    http=http,
-                    max_download_bytes=settings.max_download_bytes,
-                    image_work=image_work,
-                ),
-            ),
-        )
+    adapter_context = AdapterContext(
+        http=http, max_download_bytes=settings.max_download_bytes, image_work=image_work
     )
+    live = LiveCatalog(CatalogSnapshot(catalog, build_adapters(catalog, adapter_context)))
     # a claim stays in progress as long as its request may run: the hold timeout
     idempotency = IdempotencyStore(engine, lease_s=settings.hold_timeout_s)
     gateway = Gateway(
@@ -160,6 +156,7 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
                 shutdown_grace_s=settings.shutdown_grace_s,
             ),
         ),
+        reloader=CatalogReloader(live, path=settings.gateway_config, context=adapter_context),
     )
     gateway.pools = pool_gauges(gateway)
     sweeper = Sweeper(ledger, idempotency=gateway.idempotency)
@@ -170,7 +167,8 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
         name="ledger-sweeper",
     )
     try:
-        yield gateway
+        with reload_on_sighup(gateway.reloader):
+            yield gateway
     finally:
         await gateway.images.wait_idle()  # admitted requests settle, store and release
         sweeper_task.cancel()

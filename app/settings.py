@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     #: at least MIN_ADMIN_TOKEN_CHARS characters; unset = the admin API is off
     admin_token: str | None = Field(default=None, validation_alias="GATEWAY_ADMIN_TOKEN")
     redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
+    #: set by `serve --workers N` for its workers (never by hand): the supervisor to SIGHUP
+    #: so that an admin catalog reload reaches every worker, not only the one that answered
+    supervisor_pid: int | None = Field(default=None, validation_alias="GATEWAY_SUPERVISOR_PID")
 
     # Keys
     key_cache_ttl_s: float = Field(default=2.0, validation_alias="GATEWAY_KEY_CACHE_TTL_S")

@@ -24,6 +24,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
+from app.admin.catalog import router as catalog_router
 from app.admin.deps import (
     DEFAULT_PAGE_SIZE,
     AuthenticatorDep,
@@ -248,3 +249,7 @@ def _utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# catalog ------------------------------------------------------------------------------
+router.include_router(catalog_router)  # POST /admin/v1/catalog/reload (`app.admin.catalog`)
