@@ -45,3 +45,21 @@ def micros_to_decimal(micros: int) -> Decimal:
 
 def micros_to_json(micros: int) -> float:
     return micros / MICROS_PER_USD
+
+
+#: the largest amount the admin API and the CLI take, and the largest balance an account may
+#: reach: 2**53 - 1 micro-dollars (about 9.007 billion USD). Every integer up to it is exact in
+#: a JSON number read as a double (JavaScript, the float our JSON APIs emit), and it is far
+#: below BIGINT's 2**63 - 1, so no sum of two amounts the gateway accepted overflows a column.
+MAX_AMOUNT_MICROS = 2**53 - 1
+
+
+def check_amount(micros: int) -> int:
+    """`micros` when its size is within MAX_AMOUNT_MICROS, else `MoneyError`."""
+    if abs(micros) > MAX_AMOUNT_MICROS:
+        raise MoneyError(f"amount is beyond the largest accepted, {max_usd_text()} USD")
+    return micros
+
+
+def max_usd_text() -> str:
+    return f"{micros_to_decimal(MAX_AMOUNT_MICROS)}"

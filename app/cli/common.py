@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError
 
 from app.admin.reports import Reports
-from app.db.engine import make_engine
+from app.db.engine import engine_for
 from app.errors import GatewayError
 from app.keys.service import KeyService
 from app.ledger.service import Ledger
@@ -71,7 +71,7 @@ def run(work: Callable[[Services], Awaitable[T]]) -> T:
 
     async def go() -> T:
         await check_database(settings)
-        engine = make_engine(settings.database_url)
+        engine = engine_for(settings)
         try:
             return await work(Services(Ledger(engine), KeyService(engine), Reports(engine)))
         finally:

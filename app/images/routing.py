@@ -66,6 +66,11 @@ def order_routes(strategy: str, routes: list[RouteConfig], rng: random.Random) -
     return keyed + [r for r in routes if r.weight == 0]
 
 
+def upstream_deadline_s(config: ModelConfig, providers: Mapping[str, ProviderConfig]) -> float:
+    """The longest a request may spend on its model's routes: attempts, retries, fallbacks."""
+    return config.deadline_s or sum(providers[route.provider].timeout_s for route in config.routes)
+
+
 class Router:
     """Process-wide routing state: the breaker, the randomness, the clock and the sleep."""
 
@@ -99,7 +104,7 @@ class Router:
     ) -> AdapterResult:
         trace = trace if trace is not None else RouteTrace()
         routes = order_routes(config.strategy, config.routes, self._rng)
-        deadline_s = config.deadline_s or sum(providers[r.provider].timeout_s for r in routes)
+        deadline_s = upstream_deadline_s(config, providers)
         deadline = self._clock() + deadline_s
         last_error: UpstreamError | None = None
         for route in routes:
