@@ -37,20 +37,19 @@ class TcpProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
-        self._forwarding = threading.Event()
-        self._forwarding.set()
+        self._forwarding: asyncio.Event | None = None  # made on the proxy's own loop
         self._refusing = False
         self._drop_replies = False
         self.port = 0
 
     # control, from the test's thread ------------------------------------------------------
     def freeze(self) -> None:
-        self._forwarding.clear()
+        self._run(self._set_forwarding(False))
 
     def restore(self) -> None:
         self._refusing = False
         self._drop_replies = False
-        self._forwarding.set()
+        self._run(self._set_forwarding(True))
 
     def cut(self) -> None:
         self._refusing = True
@@ -62,6 +61,7 @@ class TcpProxy:
     # lifecycle ------------------------------------------------------------------------------
     def __enter__(self) -> Self:
         self._thread.start()
+        self._run(self._set_forwarding(True))
         self._server = self._run(asyncio.start_server(self._accept, "127.0.0.1", 0))
         self.port = self._server.sockets[0].getsockname()[1]
         return self
@@ -72,7 +72,7 @@ class TcpProxy:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._forwarding.set()
+        self._run(self._set_forwarding(True))
         if self._server is not None:
             self._server.close()
         self._run(self._close_all())
@@ -83,6 +83,14 @@ class TcpProxy:
         return asyncio.run_coroutine_threadsafe(work, self._loop).result(timeout=10)
 
     # the proxy ------------------------------------------------------------------------------
+    async def _set_forwarding(self, on: bool) -> None:
+        if self._forwarding is None:
+            self._forwarding = asyncio.Event()
+        if on:
+            self._forwarding.set()
+        else:
+            self._forwarding.clear()
+
     async def _close_all(self) -> None:
         for writer in list(self._writers):
             writer.transport.abort()
@@ -114,8 +122,8 @@ class TcpProxy:
                 data = await reader.read(_CHUNK)
                 if not data:
                     break
-                while not self._forwarding.is_set():
-                    await asyncio.sleep(0.01)  # frozen: hold the bytes, like a partition
+                assert self._forwarding is not None
+                await self._forwarding.wait()  # frozen: hold the bytes, like a partition
                 if replies and self._drop_replies:
                     self._drop_replies = False
                     self._forwarding.clear()
