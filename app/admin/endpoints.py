@@ -24,6 +24,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
+from app.admin.decimal_json import DecimalJSONRoute
 from app.admin.deps import (
     DEFAULT_PAGE_SIZE,
     AuthenticatorDep,
@@ -34,6 +35,7 @@ from app.admin.deps import (
     Limit,
     ReportsDep,
     SettingsDep,
+    reject_unstorable_parameters,
     require_admin,
 )
 from app.admin.reports import GroupBy, RequestFilter
@@ -56,7 +58,12 @@ from app.admin.schemas import (
 from app.admin.service import CreditRequest, CreditService
 from app.errors import InvalidParameter
 
-router = APIRouter(prefix="/admin/v1", tags=["admin"], dependencies=[Depends(require_admin)])
+router = APIRouter(
+    prefix="/admin/v1",
+    tags=["admin"],
+    dependencies=[Depends(require_admin), Depends(reject_unstorable_parameters)],
+    route_class=DecimalJSONRoute,
+)
 
 RequestState = Literal["pending", "settled", "swept", "unbilled"]
 

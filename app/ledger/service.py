@@ -58,6 +58,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.faults import DatabaseUnavailable, is_outage
+from app.db.storable import storable_text
 from app.errors import (
     Conflict,
     InternalError,
@@ -173,6 +174,7 @@ class Ledger:
         if balance_micros < 0:
             raise InvalidParameter("balance must not be negative", param="balance")
         _check_amount(balance_micros, "balance")
+        storable_text(name, "name")
         account_id = account_id or new_account_id()
         try:
             async with self._transaction() as repo:
@@ -210,7 +212,7 @@ class Ledger:
     ) -> AccountRecord:
         values: dict[str, str] = {}
         if name is not None:
-            values["name"] = name
+            values["name"] = storable_text(name, "name")
         if timezone is not None:
             values["timezone"] = check_timezone(timezone)
         if status is not None:
@@ -240,6 +242,8 @@ class Ledger:
         if amount_micros == 0:
             raise InvalidParameter("amount must not be zero", param="amount")
         _check_amount(amount_micros, "amount")
+        if note is not None:
+            storable_text(note, "note")
         kind = kind or ("topup" if amount_micros > 0 else "adjustment")
         if kind not in ("topup", "adjustment"):
             raise InvalidParameter("kind must be topup or adjustment", param="kind")
