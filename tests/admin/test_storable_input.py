@@ -103,9 +103,7 @@ async def test_a_ledger_cursor_at_the_bigint_edge_is_a_valid_empty_page(
     assert [row["kind"] for row in response.json()["data"]] == ["topup"]
 
 
-@pytest.mark.parametrize(
-    "path", ["/admin/v1/keys", "/admin/v1/accounts", "/admin/v1/requests"]
-)
+@pytest.mark.parametrize("path", ["/admin/v1/keys", "/admin/v1/accounts", "/admin/v1/requests"])
 @pytest.mark.parametrize(
     "cursor",
     [cursor_of("2026-01-01T00:00:00+00:00", "id\x00"), cursor_of("\x00", "x"),
