@@ -8,8 +8,9 @@
         proxy.restore()   # back to forwarding (bytes held while frozen are delivered, as TCP
                           # would after a partition heals)
 
-`drop_next_reply()` forwards the next request but swallows the server's answer and then
-freezes: the server did the work, the client never hears of it (a lost reply).
+`drop_next_reply()` forwards the next request but swallows the server's answer: the server did
+the work, the client never hears of it (a lost reply). With `then_freeze=True` the proxy
+freezes right after, so the client's retry goes unanswered too.
 
 It runs its own event loop in a daemon thread, so it keeps serving while the test's loop
 waits, and works under any test runner.
@@ -40,6 +41,8 @@ class TcpProxy:
         self._forwarding: asyncio.Event | None = None  # made on the proxy's own loop
         self._refusing = False
         self._drop_replies = False
+        self._freeze_after_drop = False
+        self.dropped = 0
         self.port = 0
 
     # control, from the test's thread ------------------------------------------------------
@@ -55,7 +58,8 @@ class TcpProxy:
         self._refusing = True
         self._run(self._close_all())
 
-    def drop_next_reply(self) -> None:
+    def drop_next_reply(self, *, then_freeze: bool = False) -> None:
+        self._freeze_after_drop = then_freeze
         self._drop_replies = True
 
     # lifecycle ------------------------------------------------------------------------------
@@ -126,7 +130,9 @@ class TcpProxy:
                 await self._forwarding.wait()  # frozen: hold the bytes, like a partition
                 if replies and self._drop_replies:
                     self._drop_replies = False
-                    self._forwarding.clear()
+                    self.dropped += 1
+                    if self._freeze_after_drop:
+                        self._forwarding.clear()
                     continue
                 if data:
                     writer.write(data)
