@@ -61,7 +61,7 @@ def load_settings() -> Settings:
 
 def check_catalog(settings: Settings, env: Mapping[str, str] | None = None) -> Catalog:
     """The catalog as `serve` will load it, plus every provider's adapter built once."""
-    with _muted("app.catalog.loader"):
+    with muted("app.catalog.loader"):
         try:
             catalog = load_catalog(settings.gateway_config, os.environ if env is None else env)
         except CatalogError as exc:
@@ -130,11 +130,12 @@ async def check_database(settings: Settings) -> None:
     except (ArgumentError, ImportError, ValueError) as exc:
         raise SetupError(f"DATABASE_URL: not a usable database URL ({shown}): {exc}") from None
     try:
-        async with asyncio.timeout(CONNECT_TIMEOUT_S), engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
+        with muted("app.db.faults"):  # the SetupError below is the one line to print
+            async with asyncio.timeout(CONNECT_TIMEOUT_S), engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
     except (DatabaseUnavailable, DBAPIError, OSError, TimeoutError) as exc:
         cause = exc.__cause__ if isinstance(exc, DatabaseUnavailable) else exc
-        reason = getattr(cause, "orig", None) or cause or type(cause).__name__
+        reason = getattr(cause, "orig", None) or str(cause) or type(cause).__name__
         raise SetupError(f"DATABASE_URL: cannot connect to {shown}: {reason}") from None
     finally:
         await engine.dispose()
@@ -157,7 +158,7 @@ async def _check_redis(url: str) -> None:
 
 
 @contextlib.contextmanager
-def _muted(logger_name: str) -> Iterator[None]:
+def muted(logger_name: str) -> Iterator[None]:
     logger = logging.getLogger(logger_name)
     was = logger.disabled
     logger.disabled = True

@@ -20,11 +20,12 @@ from sqlalchemy.exc import DBAPIError
 
 from app.admin.reports import Reports
 from app.db.engine import engine_for
+from app.db.faults import DatabaseUnavailable
 from app.errors import GatewayError
 from app.keys.service import KeyService
 from app.ledger.service import Ledger
 from app.money import MoneyError, micros_to_decimal, parse_usd
-from app.preflight import SetupError, check_database, load_settings
+from app.preflight import SetupError, check_database, load_settings, muted
 from app.settings import Settings
 
 T = TypeVar("T")
@@ -78,9 +79,12 @@ def run(work: Callable[[Services], Awaitable[T]]) -> T:
             await engine.dispose()
 
     try:
-        return asyncio.run(go())
+        with muted("app.db.faults"):  # the one `error:` line below says it
+            return asyncio.run(go())
     except SetupError as exc:
         setup_failed(exc)
+    except DatabaseUnavailable as exc:
+        fail(f"database unavailable: {exc.__cause__ or exc.message}")
     except GatewayError as exc:
         fail(exc.message)
     except DBAPIError as exc:

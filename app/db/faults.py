@@ -14,8 +14,9 @@ answered no": the connection refused, reset or timed out (OSError, TimeoutError:
 connect `timeout` and `command_timeout`), the driver's interface errors (a closed connection),
 and the SQLSTATE classes 08 (connection exception), 53 (insufficient resources: too many
 clients), 57 (operator intervention: `statement_timeout`, shutdown, cannot connect now) and 58
-(system error). On SQLite every `OperationalError` is one ("database is locked" after the busy
-timeout, disk I/O errors, an unopenable file); its constraint and data errors are other classes.
+(system error). On SQLite an `OperationalError` is one ("database is locked" after the busy
+timeout, disk I/O errors, an unopenable file) unless it names missing schema ("no such table":
+not migrated) or bad SQL; its constraint and data errors are other classes.
 
 The message never carries the driver's text, which names the database host and port.
 """
@@ -70,12 +71,24 @@ def is_outage(exc: BaseException) -> bool:
     """True when `exc` says the database did not answer, not that it refused the statement."""
     if isinstance(exc, DatabaseUnavailable | PoolTimeoutError | OSError | TimeoutError):
         return True
+    if _is_schema_error(exc):
+        return False
     if isinstance(exc, InterfaceError | OperationalError | sqlite3.OperationalError):
         return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
     code = sqlstate(exc)
     return code is not None and code[:2] in _OUTAGE_CLASSES
+
+
+def _is_schema_error(exc: BaseException) -> bool:
+    """SQLite files every problem as OperationalError, a missing table (not migrated) too:
+    that is a setup or code problem the caller should see as it is, not an outage."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    if not isinstance(orig, sqlite3.OperationalError):
+        return False
+    message = str(orig)
+    return message.startswith("no such ") or "syntax error" in message
 
 
 def _connection_still_good(exc: BaseException) -> bool:
