@@ -6,13 +6,13 @@ the state in two sorted sets per key:
 * `igw:rl:{key_id}:rpm`: one member per admitted request, scored by its admission time (ms);
 * `igw:rl:{key_id}:conc`: one member per in-flight lease, scored by the time it *expires*.
 
-One Lua script (`_ACQUIRE`) does a whole admission in one round trip, atomically: it reads the
-clock with `TIME` (the server's clock, so replicas with skewed clocks agree), drops rpm entries
-older than the window and leases past their expiry, checks both limits, and only if both pass
-adds the request to both sets. A refusal therefore writes nothing and needs no rollback. The
-script is sent by SHA (`EVALSHA`); redis-py's `Script` loads it on `NOSCRIPT` (a restarted or
-failed-over server) and retries. The `{key_id}` braces are a Redis Cluster hash tag: both keys
-of a script call land on the same slot.
+One Lua script (`redis_scripts.ACQUIRE`) does a whole admission in one round trip, atomically:
+it reads the clock with `TIME` (the server's clock, so replicas with skewed clocks agree),
+drops rpm entries older than the window and leases past their expiry, checks both limits, and
+only if both pass adds the request to both sets. A refusal therefore writes nothing and needs
+no rollback. The script is sent by SHA (`EVALSHA`); redis-py's `Script` loads it on `NOSCRIPT`
+(a restarted or failed-over server) and retries. The `{key_id}` braces are a Redis Cluster hash
+tag: both keys of a script call land on the same slot.
 
 **Slots have an owner and a heartbeat.** Each admission is a member named
 `<process token>:<random>`, so the script is idempotent: run twice for one member (redis-py
@@ -41,10 +41,10 @@ process still knows its own last minute and its in-flight leases.
 
 **When Redis returns, the local decisions are merged back** before Redis decides anything again
 (`_reconcile`): the forget list is applied, each request admitted locally within the window is
-added to the key's rpm set at its real age (`_MERGE`), and each lease still in flight is added to
-its concurrency set (and from then on renewed and released in Redis). A key therefore cannot get
-more than its rpm in any window across the switch back: Redis sees what was served while it was
-away.
+added to the key's rpm set at its real age (`redis_scripts.MERGE`), and each lease still in
+flight is added to its concurrency set (and from then on renewed and released in Redis). A key
+therefore cannot get more than its rpm in any window across the switch back: Redis sees what
+was served while it was away.
 """
 
 from __future__ import annotations
@@ -74,100 +74,12 @@ from app.ratelimit.base import (
     rpm_exceeded,
 )
 from app.ratelimit.memory import MemoryRateLimiter
+from app.ratelimit.redis_scripts import ACQUIRE, MERGE, RENEW
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_LEASE_TTL_S = 60.0
 DEFAULT_KEY_PREFIX = "igw:rl"
-
-# KEYS: rpm set, concurrency set. ARGV: member id, rpm, max concurrency (0 = no such limit),
-# window ms, lease ttl ms. Returns {0, 0} admitted, {1, retry ms} over rpm, {2, 0} over
-# concurrency. A member already present was admitted by an earlier run of this same call
-# (whose reply was lost): it is admitted again without counting twice.
-# Numbers passed to redis.call are formatted by Redis with full precision.
-_ACQUIRE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local id = ARGV[1]
-local rpm = tonumber(ARGV[2])
-local conc = tonumber(ARGV[3])
-local window = tonumber(ARGV[4])
-local ttl = tonumber(ARGV[5])
-if (conc > 0 and redis.call('ZSCORE', KEYS[2], id))
-   or (conc == 0 and rpm > 0 and redis.call('ZSCORE', KEYS[1], id)) then
-  return {0, 0}
-end
-if rpm > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-  local used = redis.call('ZCARD', KEYS[1])
-  if used >= rpm then
-    local edge = redis.call('ZRANGE', KEYS[1], used - rpm, used - rpm, 'WITHSCORES')
-    return {1, tonumber(edge[2]) + window - now}
-  end
-end
-if conc > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-  if redis.call('ZCARD', KEYS[2]) >= conc then
-    return {2, 0}
-  end
-end
-if rpm > 0 then
-  redis.call('ZADD', KEYS[1], now, id)
-  redis.call('PEXPIRE', KEYS[1], window)
-end
-if conc > 0 then
-  redis.call('ZADD', KEYS[2], now + ttl, id)
-  redis.call('PEXPIRE', KEYS[2], ttl)
-end
-return {0, 0}
-"""
-
-# The heartbeat. KEYS: a concurrency set. ARGV: lease ttl ms, then the members this process
-# holds in it. Only members still present are renewed (XX): a lease that already expired
-# stays expired. Returns how many were renewed.
-_RENEW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = tonumber(ARGV[1])
-local renewed = 0
-for i = 2, #ARGV do
-  renewed = renewed + redis.call('ZADD', KEYS[1], 'XX', 'CH', now + ttl, ARGV[i])
-end
-if renewed > 0 then
-  redis.call('PEXPIRE', KEYS[1], ttl)
-end
-return renewed
-"""
-
-# Merging local decisions back. KEYS: rpm set, concurrency set. ARGV: window ms, lease ttl ms,
-# the number of rpm entries R, then R pairs (member, age ms), then the in-flight lease members.
-# Entries are scored at their real age (`now - age`), so they leave the window when they would
-# have; re-running the merge (a lost reply) rewrites the same members.
-_MERGE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local window = tonumber(ARGV[1])
-local ttl = tonumber(ARGV[2])
-local r = tonumber(ARGV[3])
-for i = 0, r - 1 do
-  local age = tonumber(ARGV[5 + 2 * i])
-  if age < window then
-    redis.call('ZADD', KEYS[1], now - age, ARGV[4 + 2 * i])
-  end
-end
-if r > 0 and redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('PEXPIRE', KEYS[1], window)
-end
-local leases = 0
-for i = 4 + 2 * r, #ARGV do
-  redis.call('ZADD', KEYS[2], now + ttl, ARGV[i])
-  leases = leases + 1
-end
-if leases > 0 then
-  redis.call('PEXPIRE', KEYS[2], ttl)
-end
-return 0
-"""
 
 _ADMITTED, _OVER_RPM, _OVER_CONCURRENCY = 0, 1, 2
 _WARN_EVERY_S = 60.0
@@ -199,9 +111,9 @@ class RedisRateLimiter:
         self._client = client
         self._owns_client = owns_client
         # no I/O: each is loaded on its first NOSCRIPT
-        self._acquire_script = client.register_script(_ACQUIRE)
-        self._renew_script = client.register_script(_RENEW)
-        self._merge_script = client.register_script(_MERGE)
+        self._acquire_script = client.register_script(ACQUIRE)
+        self._renew_script = client.register_script(RENEW)
+        self._merge_script = client.register_script(MERGE)
         self._window_s = window_s
         self._window_ms = math.ceil(window_s * 1000)
         self._lease_ttl_ms = math.ceil(lease_ttl_s * 1000)
