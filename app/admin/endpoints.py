@@ -19,7 +19,7 @@ Decisions:
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -56,6 +56,7 @@ from app.admin.schemas import (
     UsageOut,
 )
 from app.admin.service import CreditRequest, CreditService
+from app.db.storable import utc_instant
 from app.errors import InvalidParameter
 
 router = APIRouter(
@@ -216,7 +217,8 @@ async def usage(
     to: datetime | None = None,
     group_by: GroupBy | None = None,
 ) -> UsageOut:
-    since, until = _utc(from_), _utc(to)
+    since = None if from_ is None else utc_instant(from_, "from")
+    until = None if to is None else utc_instant(to, "to")
     if since is not None and until is not None and until <= since:
         raise InvalidParameter("'to' must be later than 'from'.", param="to")
     filters = RequestFilter(
@@ -242,9 +244,3 @@ async def list_requests(
     )
     records, next_cursor = await reports.list_requests(filters, limit=limit, cursor=cursor)
     return Page(data=[RequestOut.of(record) for record in records], next_cursor=next_cursor)
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

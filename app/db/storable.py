@@ -10,6 +10,8 @@ what a database that does not answer looks like).
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from app.errors import InvalidParameter
 
 #: Postgres INTEGER (rpm, concurrency, statuses) and BIGINT (ids, micro-dollars)
@@ -33,3 +35,14 @@ def storable_int(value: int, param: str, *, maximum: int = INT_MAX) -> int:
     if abs(value) > maximum:
         raise InvalidParameter(f"{param} must be at most {maximum}.", param=param)
     return value
+
+
+def utc_instant(value: datetime, param: str) -> datetime:
+    """`value` in UTC (a naive one is taken as UTC), or a 400 naming `param` when it has no
+    UTC equivalent a datetime can hold (9999-12-31T23:00-05:00 is past the year 9999)."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise InvalidParameter(f"{param} is out of range.", param=param) from None

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.db.storable import storable_int, storable_text
+from app.db.storable import storable_int, storable_text, utc_instant
 from app.errors import Conflict, InvalidParameter, NotFound
 from app.keys.cursor import decode_cursor, encode_cursor
 from app.keys.repository import KeyRecord, KeyRepository
@@ -57,7 +57,7 @@ class KeyService:
                     "expires_at must carry a timezone (e.g. 2030-01-01T00:00:00Z).",
                     param="expires_at",
                 )
-            expires_at = expires_at.astimezone(UTC)
+            expires_at = utc_instant(expires_at, "expires_at")
             if expires_at <= now:
                 raise InvalidParameter("expires_at must be in the future.", param="expires_at")
         secret = generate_secret()

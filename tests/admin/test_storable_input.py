@@ -57,6 +57,10 @@ def cursor_of(*parts: str) -> str:
         ("GET", "/admin/v1/keys/key%00", None, "key_id"),
         ("GET", "/admin/v1/requests?model=x%00", None, "model"),
         ("GET", "/admin/v1/usage?key_id=%00", None, "key_id"),
+        ("GET", "/admin/v1/usage?to=9999-12-31T23:00:00-05:00", None, "to"),
+        ("GET", "/admin/v1/usage?from=0001-01-01T00:00:00%2B05:00", None, "from"),
+        ("POST", "/admin/v1/accounts/{account}/keys",
+         {"name": "k", "expires_at": "9999-12-31T23:00:00-05:00"}, "expires_at"),
     ],
 )  # fmt: skip
 async def test_unstorable_values_are_400s_naming_the_field(
