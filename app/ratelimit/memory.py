@@ -96,13 +96,16 @@ class MemoryRateLimiter:
 
     def record(self, key_id: str, *, rpm: bool, concurrent: bool) -> Lease:
         """Count an admission decided elsewhere (by Redis), without checking any limit, so
-        this process knows its own recent requests if it must decide alone later."""
+        this process knows its own recent requests if it must decide alone later. Memory stays
+        bounded as with `acquire`: the window is pruned and idle keys are swept."""
         now = self._clock()
+        if now >= self._next_sweep:
+            self._sweep(now)
         state = self._keys.get(key_id)
         if state is None:
             state = self._keys[key_id] = _KeyState()
         if rpm:
-            state.admitted.append(now)
+            self._prune(state, now).append(now)
         if not concurrent:
             return UNLIMITED
         state.in_flight += 1
