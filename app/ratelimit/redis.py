@@ -175,9 +175,11 @@ class RedisRateLimiter:
         try:
             status, value = await self._acquire_script(keys=keys, args=args)
         except RedisError as exc:
-            # No answer: the script may have admitted us. Take it back, then decide locally.
+            # No answer (redis-py has already resent it once): the script may have admitted
+            # us. Take it back when Redis answers again (not now: the request would wait on a
+            # server that just failed), and decide locally meanwhile.
             self._redis_failed(exc)
-            await self._forget(keys, member)
+            self._to_forget.append((keys, member))
             return await self._acquire_locally(key_id, rpm=rpm, max_concurrency=max_concurrency)
         except BaseException:
             # Cancelled (or worse) while the script may already have admitted us: give back
