@@ -521,6 +521,13 @@ class Ledger:
         client_request_id: str | None = None,
     ) -> None:
         """Log a request refused before any hold (validation 4xx, 402, 429 ...)."""
+        if error_code == DatabaseUnavailable.default_code:
+            # The database just did not answer (or its pool is exhausted): asking it again
+            # would double the client's wait for its 503 and load a pool already full.
+            logger.warning(
+                "ledger: request %s refused by a database outage, not logged", request_id
+            )
+            return
         async with self._atomic() as repo:
             inserted = await repo.insert_unbilled(
                 {
