@@ -18,6 +18,12 @@ class MoneyError(ValueError):
     pass
 
 
+#: the largest amount a single price, balance or credit may name: far above any real one, and
+#: far below what the databases' 64-bit integer of micro-dollars holds (9.2e12 USD), so sums
+#: of many such amounts still fit
+MAX_USD = Decimal(1_000_000_000)
+
+
 def parse_usd(value: str | int | float | Decimal) -> int:
     """USD amount -> integer micro-dollars, exactly, or `MoneyError`."""
     if isinstance(value, bool):
@@ -29,6 +35,8 @@ def parse_usd(value: str | int | float | Decimal) -> int:
         raise MoneyError(f"not a decimal amount: {value!r}") from exc
     if not amount.is_finite():
         raise MoneyError(f"not a finite amount: {value!r}")
+    if abs(amount) > MAX_USD:
+        raise MoneyError(f"amount {value!r} is beyond the limit of {MAX_USD} USD either way")
     micros = amount * MICROS_PER_USD
     if micros != micros.to_integral_value():
         raise MoneyError(f"amount {value!r} is finer than one micro-dollar (0.000001)")
@@ -47,19 +55,21 @@ def micros_to_json(micros: int) -> float:
     return micros / MICROS_PER_USD
 
 
-#: the largest amount the admin API and the CLI take, and the largest balance an account may
-#: reach: 2**53 - 1 micro-dollars (about 9.007 billion USD). Every integer up to it is exact in
-#: a JSON number read as a double (JavaScript, the float our JSON APIs emit), and it is far
-#: below BIGINT's 2**63 - 1, so no sum of two amounts the gateway accepted overflows a column.
+#: the largest balance an account may reach (a credit beyond it is refused): 2**53 - 1
+#: micro-dollars, about 9.007 billion USD. Every integer up to it is exact in a JSON number read
+#: as a double (JavaScript, the float our JSON APIs emit), and it is far below BIGINT's
+#: 2**63 - 1, so adding any accepted amount (at most MAX_USD) to a balance cannot overflow.
 MAX_AMOUNT_MICROS = 2**53 - 1
 
 
 def check_amount(micros: int) -> int:
-    """`micros` when its size is within MAX_AMOUNT_MICROS, else `MoneyError`."""
-    if abs(micros) > MAX_AMOUNT_MICROS:
-        raise MoneyError(f"amount is beyond the largest accepted, {max_usd_text()} USD")
+    """`micros` when it is within MAX_USD either way (for amounts that arrive as integers of
+    micro-dollars rather than through `parse_usd`), else `MoneyError`."""
+    if abs(micros) > MAX_USD * MICROS_PER_USD:
+        raise MoneyError(f"amount is beyond the limit of {MAX_USD} USD either way")
     return micros
 
 
 def max_usd_text() -> str:
+    """The largest balance, as USD text."""
     return f"{micros_to_decimal(MAX_AMOUNT_MICROS)}"

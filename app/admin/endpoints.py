@@ -35,6 +35,7 @@ from app.admin.deps import (
     Limit,
     ReportsDep,
     SettingsDep,
+    reject_unknown_query,
     reject_unstorable_parameters,
     require_admin,
 )
@@ -56,13 +57,19 @@ from app.admin.schemas import (
     UsageOut,
 )
 from app.admin.service import CreditRequest, CreditService
+from app.api.openapi import error_responses
 from app.db.storable import utc_instant
 from app.errors import InvalidParameter
 
 router = APIRouter(
     prefix="/admin/v1",
     tags=["admin"],
-    dependencies=[Depends(require_admin), Depends(reject_unstorable_parameters)],
+    dependencies=[
+        Depends(require_admin),
+        Depends(reject_unknown_query),
+        Depends(reject_unstorable_parameters),
+    ],
+    responses=error_responses(400, 401, 404, 409, 429, 503),
     route_class=DecimalJSONRoute,
 )
 

@@ -2,8 +2,8 @@
 
 Money in JSON is a decimal number of USD. Input accepts a JSON number or a string
 (`"0.25"`, `25`, `25.5`), parsed exactly by `app.money.parse_usd`; anything finer than one
-micro-dollar, or beyond `MAX_AMOUNT_MICROS` (about 9 billion USD), is a 400 naming the field
-rather than being rounded or overflowing a column. JSON numbers in admin bodies are decoded
+micro-dollar, or beyond `MAX_USD` (1e9 USD) either way, is a 400 naming the field rather than
+being rounded or overflowing a column. JSON numbers in admin bodies are decoded
 as `Decimal`, never as floats (`app.admin.decimal_json`), so `0.1` is exactly 0.1. The OpenAPI
 document describes such a field as "a number or a decimal string" (`UsdAmount`). Output uses
 `micros_to_json`, whose float prints as the exact decimal.
@@ -36,7 +36,7 @@ from app.db.storable import has_nul
 from app.keys.repository import KeyRecord
 from app.ledger.budgets import Budget, BudgetUsage
 from app.ledger.records import AccountRecord, LedgerRow
-from app.money import MoneyError, check_amount, max_usd_text, micros_to_json, parse_usd
+from app.money import MAX_USD, MoneyError, micros_to_json, parse_usd
 
 T = TypeVar("T")
 
@@ -48,7 +48,7 @@ def _usd_to_micros(value: Any) -> int:
             "usd_amount", "must be a decimal number of USD, as a number or a string"
         )
     try:
-        return check_amount(parse_usd(value))
+        return parse_usd(value)
     except MoneyError as exc:
         raise PydanticCustomError("usd_amount", str(exc)) from exc
 
@@ -68,7 +68,7 @@ USD_AMOUNT_SCHEMA: dict[str, Any] = {
     "title": "UsdAmount",
     "description": (
         "USD as a JSON number or a decimal string, at most 6 decimal places (one "
-        f"micro-dollar), at most {max_usd_text()} in size"
+        f"micro-dollar), at most {MAX_USD} either way"
     ),
     "examples": ["0.25", 25, 25.5],
 }

@@ -23,7 +23,8 @@ from tests.admin.conftest import AdminTestGateway, assert_error, create_account,
 
 pytestmark = pytest.mark.anyio
 
-MAX_USD = "9007199254.740991"
+MAX_USD = "1000000000"
+MAX_USD_MICROS = 10**15
 
 
 def cursor_of(*parts: str) -> str:
@@ -140,38 +141,52 @@ async def test_admin_amounts_are_exact_decimal_usd(
 async def test_a_json_number_is_never_read_as_a_float(
     client: httpx.AsyncClient, gateway: AdminTestGateway
 ) -> None:
-    # 9007199254.740991 as a double is 9007199254.740992: one micro-dollar over the bound
+    # As a double this literal is 0.1 exactly (its repr is "0.1"); as written it is finer than
+    # a micro-dollar, and a credit must be refused rather than silently rounded.
     account = await create_account(client)
+    literal = b"0.1000000000000000055511151231257827"
     response = await client.post(
         f"/admin/v1/accounts/{account['id']}/credits",
-        content=b'{"amount": ' + MAX_USD.encode() + b"}",
+        content=b'{"amount": ' + literal + b"}",
+        headers={"content-type": "application/json"},
+    )
+    assert_error(response, 400, "INVALID_PARAMETER", "amount")
+    assert "micro-dollar" in response.json()["error"]["message"]
+    response = await client.post(
+        f"/admin/v1/accounts/{account['id']}/credits",
+        content=b'{"amount": 999999999.999999}',
         headers={"content-type": "application/json"},
     )
     assert response.status_code == 200, response.text
-    assert (await gateway.ledger.get_account(account["id"])).balance_micros == MAX_AMOUNT_MICROS
+    assert (await gateway.ledger.get_account(account["id"])).balance_micros == 999_999_999_999_999
 
 
 async def test_amounts_beyond_the_bound_are_a_clear_400(
     client: httpx.AsyncClient, gateway: AdminTestGateway
 ) -> None:
-    too_much = str(Decimal(MAX_USD) + Decimal("0.000001"))
-    response = await client.post("/admin/v1/accounts", json={"name": "a", "balance": too_much})
-    assert_error(response, 400, "INVALID_PARAMETER", "balance")
-    assert MAX_USD in response.json()["error"]["message"]
-
-    # a balance may not be credited past the bound either (no BIGINT overflow, ever)
-    account = await create_account(client, balance=MAX_USD)
     response = await client.post(
-        f"/admin/v1/accounts/{account['id']}/credits", json={"amount": "0.000001"}
+        "/admin/v1/accounts", json={"name": "a", "balance": "1000000000.000001"}
     )
+    assert_error(response, 400, "INVALID_PARAMETER", "balance")
+    assert "1000000000" in response.json()["error"]["message"]
+
+    # a balance may not be credited past MAX_AMOUNT_MICROS either (no BIGINT overflow, ever)
+    account = await create_account(client, balance=MAX_USD)
+    credits = f"/admin/v1/accounts/{account['id']}/credits"
+    while True:
+        balance = (await gateway.ledger.get_account(account["id"])).balance_micros
+        step = min(MAX_USD_MICROS, MAX_AMOUNT_MICROS - balance)
+        if step == 0:
+            break
+        response = await client.post(credits, json={"amount": str(Decimal(step) / 10**6)})
+        assert response.status_code == 200, response.text
+    response = await client.post(credits, json={"amount": "0.000001"})
     assert_error(response, 400, "INVALID_PARAMETER", "amount")
     assert "largest" in response.json()["error"]["message"]
     assert (await gateway.ledger.get_account(account["id"])).balance_micros == MAX_AMOUNT_MICROS
-    response = await client.post(
-        f"/admin/v1/accounts/{account['id']}/credits", json={"amount": "-" + MAX_USD}
-    )
+    response = await client.post(credits, json={"amount": "-" + MAX_USD})
     assert response.status_code == 200, response.text
-    assert response.json()["balance"] == 0
+    assert response.json()["balance"] == (MAX_AMOUNT_MICROS - MAX_USD_MICROS) / 10**6
 
 
 async def test_the_openapi_document_shows_amounts_as_decimal_usd(
