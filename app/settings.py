@@ -228,13 +228,6 @@ class Settings(BaseSettings):
                 "({hold}), or expired holds wait longer than the timeout says",
                 {"sweep": f"{self.sweep_interval_s:g}", "hold": f"{self.hold_timeout_s:g}"},
             )
-        if self.max_image_bytes > self.max_request_bytes:
-            raise PydanticCustomError(
-                "settings_conflict",
-                "GATEWAY_MAX_IMAGE_BYTES: {image} must not be above GATEWAY_MAX_REQUEST_BYTES "
-                "({request}), the request that carries the image",
-                {"image": self.max_image_bytes, "request": self.max_request_bytes},
-            )
         return self
 
     @property

@@ -218,8 +218,8 @@ def test_settings_out_of_bounds_are_refused_naming_them(setting: str, value: str
     ("env", "first"),
     [
         ({"GATEWAY_SWEEP_INTERVAL_S": "900"}, "GATEWAY_SWEEP_INTERVAL_S"),
-        ({"GATEWAY_MAX_IMAGE_BYTES": "2000", "GATEWAY_MAX_REQUEST_BYTES": "1000"},
-         "GATEWAY_MAX_IMAGE_BYTES"),
+        ({"GATEWAY_SWEEP_INTERVAL_S": "100", "GATEWAY_HOLD_TIMEOUT_S": "50"},
+         "GATEWAY_SWEEP_INTERVAL_S"),
     ],
 )  # fmt: skip
 def test_settings_that_contradict_each_other_are_refused(
