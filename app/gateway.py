@@ -2,8 +2,9 @@
 
 `open_gateway(settings)` is the application's lifespan: it loads and compiles the catalog, opens
 one database engine and ONE pooled `httpx.AsyncClient`, builds one adapter per catalog provider,
-the ledger, key services, rate limiter and the background sweeper, and tears it all down in
-reverse order. Routes reach it as `request.app.state.gateway`.
+the ledger, key services, rate limiter, the `ImageService` (with exactly what it uses) and the
+background sweeper, and tears it all down in reverse order (requests still at work first).
+Routes reach it as `request.app.state.gateway`. Lower layers never import this module.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from app.adapters.registry import build_adapter
 from app.catalog.live import CatalogSnapshot, LiveCatalog
 from app.catalog.loader import Catalog, load_catalog
 from app.db.engine import engine_for
+from app.images.admission import Admissions
+from app.images.routing import Router
+from app.images.service import ImageLimits, ImageService
 from app.images.work import ImageWorkPool
 from app.keys.auth import KeyAuthenticator
 from app.keys.service import KeyService
@@ -56,6 +60,8 @@ class Gateway:
     image_work: ImageWorkPool
     #: failed admin-token attempts per client address (`app.security.throttle`)
     admin_throttle: FailureThrottle
+    #: generations and edits (`app.images.service`)
+    images: ImageService
     #: the upstream and database pools' occupancy, for metrics (app.pools)
     pools: list[PoolGauge] = field(default_factory=list)
 
@@ -91,21 +97,24 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
         workers=settings.image_workers,
         budget_pixels=settings.image_budget_megapixels * 1_000_000,
     )
+    live = LiveCatalog(
+        CatalogSnapshot(
+            catalog,
+            build_adapters(
+                catalog,
+                AdapterContext(
+                    http=http,
+                    max_download_bytes=settings.max_download_bytes,
+                    image_work=image_work,
+                ),
+            ),
+        )
+    )
+    # a claim stays in progress as long as its request may run: the hold timeout
+    idempotency = IdempotencyStore(engine, lease_s=settings.hold_timeout_s)
     gateway = Gateway(
         settings=settings,
-        live=LiveCatalog(
-            CatalogSnapshot(
-                catalog,
-                build_adapters(
-                    catalog,
-                    AdapterContext(
-                        http=http,
-                        max_download_bytes=settings.max_download_bytes,
-                        image_work=image_work,
-                    ),
-                ),
-            )
-        ),
+        live=live,
         engine=engine,
         http=http,
         ledger=ledger,
@@ -122,13 +131,30 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
             default_rpm=settings.default_key_rpm,
             default_max_concurrency=settings.default_key_max_concurrency,
         ),
-        idempotency=IdempotencyStore(engine),
+        idempotency=idempotency,
         rate_limiter=rate_limiter,
         image_work=image_work,
         admin_throttle=FailureThrottle(
             what="admin token",
             burst=settings.admin_failure_burst,
             refill_s=settings.admin_failure_refill_s,
+        ),
+        images=ImageService(
+            live=live,
+            admissions=Admissions(
+                ledger=ledger,
+                idempotency=idempotency,
+                rate_limiter=rate_limiter,
+                idempotency_ttl_s=settings.idempotency_ttl_s,
+            ),
+            router=Router(),  # process-wide: its breaker remembers each provider's health
+            image_work=image_work,
+            limits=ImageLimits(
+                max_image_bytes=settings.max_image_bytes,
+                max_image_pixels=settings.max_image_pixels,
+                stream_keepalive_s=settings.stream_keepalive_s,
+                shutdown_grace_s=settings.shutdown_grace_s,
+            ),
         ),
     )
     gateway.pools = pool_gauges(gateway)
@@ -142,6 +168,7 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
     try:
         yield gateway
     finally:
+        await gateway.images.wait_idle()  # admitted requests settle, store and release
         sweeper_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper_task

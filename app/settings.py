@@ -140,6 +140,9 @@ class Settings(BaseSettings):
     stream_keepalive_s: float = Field(
         default=15.0, gt=0, validation_alias="GATEWAY_STREAM_KEEPALIVE_S"
     )
+    #: on shutdown (SIGTERM), how long open streams may still run before they are refunded
+    #: and ended with an `event: error`; in-flight plain requests always finish
+    shutdown_grace_s: float = Field(default=30.0, gt=0, validation_alias="GATEWAY_SHUTDOWN_GRACE_S")
 
     # Database pool: connections are held per statement (never across an upstream call), so
     # a few dozen serve thousands of requests in flight; beyond it requests queue (no overflow

@@ -298,6 +298,8 @@ class RequestOut(BaseModel):
     user: str | None
     created_at: datetime
     finished_at: datetime | None
+    #: the provider attempts in order ("openai:UPSTREAM_ERROR>fal:ok"; the last `ok` answered)
+    route: str | None = None
 
     @classmethod
     def of(cls, record: RequestRecord) -> Self:
@@ -318,6 +320,7 @@ class RequestOut(BaseModel):
             user=record.user,
             created_at=record.created_at,
             finished_at=record.finished_at,
+            route=record.route,
         )
 
 

@@ -10,12 +10,11 @@
         non-retryable (content blocked, a rejected request) → raise at once
     every route failed or skipped → 503 UPSTREAM_UNAVAILABLE (or the single route's 504/502)
 
-Each attempt is recorded in a `RouteTrace` ("openai:UPSTREAM_ERROR>fal:ok"), which the service
-logs with the request. Only the final result is ever billed: failed attempts cost nothing,
-since the hold is settled once, on what the successful attempt delivered.
-
-`call_routes` keeps the plain fallback behaviour (no breaker, no retries) for callers that do
-not hold a `Router`.
+Each attempt is recorded in a `RouteTrace` ("openai:UPSTREAM_ERROR>fal:ok"), which the
+request's admission keeps and the ledger writes into the request log (`request_log.route`) at
+the settle. Only the final result is ever billed: failed attempts cost nothing, since the hold
+is settled once, on what the successful attempt delivered. One `Router` serves the process
+(built in `app.gateway.open_gateway`), so its breaker sees every request's attempts.
 """
 
 from __future__ import annotations
@@ -198,42 +197,3 @@ def _hosts_of(provider: ProviderConfig) -> tuple[str, ...]:
         return ()
     url = httpx.URL(provider.base_url)
     return (host_of(provider.base_url), url.host)
-
-
-async def call_routes(
-    *,
-    model_id: str,
-    routes: list[RouteConfig],
-    adapters: Mapping[str, ImageAdapter],
-    providers: dict[str, ProviderConfig],
-    request: ImageRequest,
-    on_partial: PartialSink | None = None,
-) -> AdapterResult:
-    """Plain fallback in listed order: each route once, no breaker (see `Router`)."""
-    last_error: UpstreamError | None = None
-    for route in routes:
-        timeout_s = providers[route.provider].timeout_s
-        try:
-            return await Router._attempt(
-                route, adapters, providers, request, on_partial, model_id, timeout_s
-            )
-        except UpstreamError as exc:
-            if not exc.retryable:
-                raise
-            last_error = exc
-        except GatewayError:
-            raise  # content blocked, bad parameter: no other route will do better
-        logger.warning(
-            "model %s: route %s failed (%s); %s",
-            model_id,
-            route.provider,
-            last_error.code,
-            "trying the next route" if route is not routes[-1] else "no route left",
-        )
-    assert last_error is not None
-    if len(routes) > 1 and not isinstance(last_error, UpstreamTimeout):
-        raise UpstreamUnavailable(
-            f"Every provider route of model '{model_id}' failed; last error: {last_error.message}",
-            retry_after=5,
-        ) from last_error
-    raise last_error

@@ -325,6 +325,7 @@ class LedgerRepository:
         error_code: str | None,
         latency_ms: int | None,
         note: str,
+        route: str | None = None,
     ) -> FinishedRequest | None:
         """pending -> settled/swept, once; refunds `held - min(cost, held)`. None: not pending."""
         if self._postgres:
@@ -337,6 +338,7 @@ class LedgerRepository:
                 "error_code": error_code,
                 "latency_ms": latency_ms,
                 "note": note,
+                "route": route,
             }
             row = (await self._conn.execute(postgres_sql.FINISH, params)).first()
             if row is None:
@@ -361,6 +363,7 @@ class LedgerRepository:
                     status_code=status_code,
                     error_code=error_code,
                     latency_ms=latency_ms,
+                    route=route,
                     finished_at=utc_now(),
                 )
                 .returning(

@@ -74,7 +74,7 @@ from app.ledger.budgets import (
     window_of,
 )
 from app.ledger.records import AccountRecord, LedgerRow, SettleOutcome, SettleState, utc_now
-from app.ledger.refusals import account_not_found, hold_refusal, usd
+from app.ledger.refusals import account_not_found, hold_refusal, key_refusal, usd
 from app.ledger.repository import FinishedRequest, HoldRequest, LedgerRepository
 from app.money import MAX_AMOUNT_MICROS, MoneyError, check_amount, max_usd_text
 from app.pools import Occupancy
@@ -323,6 +323,19 @@ class Ledger:
                 f"request id {request_id!r} was already used", code="DUPLICATE_REQUEST_ID"
             ) from exc
 
+    async def check_key(self, *, account_id: str, key_id: str, key_hash: str | None) -> None:
+        """Raise what a hold would (401/403) if this key may not act for the account now.
+
+        For paths that hand out what a key paid for without taking a hold (Idempotency-Key
+        replays): a revoked, expired or rotated secret is refused there exactly as the hold
+        refuses it, on every process, whatever a key cache still holds.
+        """
+        async with self._read() as repo:
+            facts = await repo.hold_facts(account_id=account_id, key_id=key_id)
+        refusal = key_refusal(facts, account_id=account_id, key_hash=key_hash)
+        if refusal is not None:
+            raise refusal
+
     async def _explain_refused_hold(self, hold: HoldRequest) -> int:
         """Postgres, off the happy path: re-judge a refused hold under the account row lock.
 
@@ -406,11 +419,13 @@ class Ledger:
         status_code: int = 200,
         error_code: str | None = None,
         latency_ms: int | None = None,
+        route: str | None = None,
     ) -> SettleOutcome:
         """Finish a held request: keep `cost_micros`, give back the rest of the hold.
 
         A failed request is `settle(cost_micros=0, status_code=..., error_code=...)`. Happens
-        once: a second settle, or a settle after the sweeper, changes nothing.
+        once: a second settle, or a settle after the sweeper, changes nothing. `route`: the
+        provider attempts, for the request log (`app.images.routing.RouteTrace`).
         """
         if cost_micros < 0 or images < 0:
             raise ValueError(f"cost and images must be >= 0, got {cost_micros}, {images}")
@@ -428,6 +443,7 @@ class Ledger:
                 error_code=error_code,
                 latency_ms=latency_ms,
                 note=note,
+                route=route,
             )
         )
         if finished is None:
@@ -459,6 +475,7 @@ class Ledger:
         error_code: str | None,
         latency_ms: int | None,
         note: str,
+        route: str | None = None,
     ) -> FinishedRequest | None:
         for attempt in range(_HOLD_ATTEMPTS):
             try:
@@ -472,6 +489,7 @@ class Ledger:
                         error_code=error_code,
                         latency_ms=latency_ms,
                         note=note,
+                        route=route,
                     )
             except DBAPIError as exc:  # one statement: a deadlock victim moved nothing
                 if not _is_deadlock(exc) or attempt == _HOLD_ATTEMPTS - 1:

@@ -144,7 +144,9 @@ def test_keep_alive_comments_while_waiting_on_the_upstream(env: Env) -> None:
 
 
 @SLOW_AND_PARTIAL
-def test_client_disconnect_while_waiting_refunds_the_hold(env: Env) -> None:
+def test_client_disconnect_while_waiting_still_bills_what_the_provider_made(env: Env) -> None:
+    """A hang-up stops the sending, not the work: billed as the plain call would be (the
+    lifecycle tests check the Idempotency-Key replay of such a request)."""
     before = balance(env)
     with (
         httpx.Client(timeout=30) as http,
@@ -156,10 +158,10 @@ def test_client_disconnect_while_waiting_refunds_the_hold(env: Env) -> None:
         ) as response,
     ):
         assert next(response.iter_lines()) == ": keep-alive"  # waiting on the upstream
-    deadline = time.monotonic() + 5
-    while balance(env) != before and time.monotonic() < deadline:
+    deadline = time.monotonic() + 10
+    while balance(env) != before - 1000 and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert balance(env) == before  # nothing produced, nothing charged; nothing left pending
+    assert balance(env) == before - 1000  # the image was made: charged once, nothing pending
 
 
 def test_errors_before_the_first_byte_are_json(env: Env) -> None:

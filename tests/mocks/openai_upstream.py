@@ -31,7 +31,9 @@ github.com/jeffstric/ZJT/issues/480 and ucx0204/CarrotMangaTranslator/issues/122
 
 Knobs (attributes, changeable while running): `mode`, `image_format` (None = honour the
 request's `output_format`, else always this format: exercises transcoding), `latency_s`,
-`fail_rate` (fraction answered 500, seeded RNG), `fail_next(status, body)`, `max_n`
+`gate` (a `threading.Event`: image requests wait until it is set, so a test decides when
+the provider answers), `fail_rate` (fraction answered 500, seeded RNG), `fail_next(status,
+body)`, `max_n`
 (400 above it: servers allowing only n=1), `chunked_files` (no Content-Length on
 /files), `fixed_png` (one cached image per size and format, no Pillow work per request:
 for benchmarks).
@@ -122,6 +124,7 @@ class MockOpenAIUpstream(MockServer):
         self.max_n = max_n
         self.fixed_png = fixed_png
         self.chunked_files = chunked_files
+        self.gate: threading.Event | None = None
         self._defaults = {
             "api_key": api_key,
             "mode": mode,
@@ -131,6 +134,7 @@ class MockOpenAIUpstream(MockServer):
             "max_n": max_n,
             "fixed_png": fixed_png,
             "chunked_files": chunked_files,
+            "gate": None,
         }
         self.requests: list[RecordedRequest] = []
         self._rng = random.Random(seed)
@@ -239,6 +243,10 @@ class MockOpenAIUpstream(MockServer):
         self, request: Request, recorded: RecordedRequest, body: dict[str, Any] | None
     ) -> Response:
         await self._sleep(self.latency_s)
+        while self.gate is not None and not self.gate.is_set():
+            await self._sleep(0.02)  # returns at once when the server stops
+            if self._server is None or self._server.should_exit:
+                break
         headers = recorded.headers
         presented = headers.get("authorization", "").removeprefix("Bearer ") or headers.get(
             "api-key", ""
