@@ -25,8 +25,7 @@ from app.adapters.base import AdapterContext, ImageAdapter
 from app.adapters.registry import build_adapter
 from app.catalog.live import CatalogSnapshot, LiveCatalog
 from app.catalog.loader import Catalog, load_catalog
-from app.catalog.reload import CatalogReloader, reload_on_sighup
-from app.db.engine import make_engine
+from app.db.engine import engine_for
 from app.images.admission import Admissions
 from app.images.routing import Router
 from app.images.service import ImageLimits, ImageService
@@ -94,11 +93,7 @@ def pool_gauges(gateway: Gateway) -> list[PoolGauge]:
 @contextlib.asynccontextmanager
 async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
     catalog = load_catalog(settings.gateway_config, os.environ)  # logs its own warnings
-    engine = make_engine(
-        settings.database_url,
-        pool_size=settings.db_pool_size,
-        pool_timeout_s=settings.db_pool_timeout_s,
-    )
+    engine = engine_for(settings)
     http = make_http_client(settings)
     rate_limiter = make_rate_limiter(settings.redis_url)
     ledger = Ledger(engine, clock=file_clock(settings.clock_file))

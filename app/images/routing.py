@@ -26,9 +26,12 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
+import httpx
+
 from app.adapters.base import AdapterResult, ImageAdapter, ImageRequest, PartialSink
+from app.adapters.upstream_http import hide_addresses, host_of
 from app.catalog.schema import ModelConfig, ProviderConfig, RouteConfig
-from app.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from app.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from app.images.breaker import CircuitBreaker
 
 logger = logging.getLogger(__name__)
@@ -65,6 +68,11 @@ def order_routes(strategy: str, routes: list[RouteConfig], rng: random.Random) -
     return keyed + [r for r in routes if r.weight == 0]
 
 
+def upstream_deadline_s(config: ModelConfig, providers: Mapping[str, ProviderConfig]) -> float:
+    """The longest a request may spend on its model's routes: attempts, retries, fallbacks."""
+    return config.deadline_s or sum(providers[route.provider].timeout_s for route in config.routes)
+
+
 class Router:
     """Process-wide routing state: the breaker, the randomness, the clock and the sleep."""
 
@@ -98,7 +106,7 @@ class Router:
     ) -> AdapterResult:
         trace = trace if trace is not None else RouteTrace()
         routes = order_routes(config.strategy, config.routes, self._rng)
-        deadline_s = config.deadline_s or sum(providers[r.provider].timeout_s for r in routes)
+        deadline_s = upstream_deadline_s(config, providers)
         deadline = self._clock() + deadline_s
         last_error: UpstreamError | None = None
         for route in routes:
@@ -164,7 +172,8 @@ class Router:
         left_s: float,
     ) -> AdapterResult:
         """One call; every failure comes out as an `UpstreamError` (or a non-upstream error)."""
-        timeout_s = min(providers[route.provider].timeout_s, left_s)
+        provider = providers[route.provider]
+        timeout_s = min(provider.timeout_s, left_s)
         try:
             async with asyncio.timeout(timeout_s):
                 result = await adapters[route.provider].generate(
@@ -172,6 +181,19 @@ class Router:
                 )
         except TimeoutError as exc:
             raise UpstreamTimeout(f"The provider did not answer within {timeout_s:g} s.") from exc
+        except GatewayError as exc:
+            # the adapter's message names the provider's host, for the logs; clients get it
+            # without any address (SPEC 2: an internal host or port is not theirs to see)
+            logger.info("model %s: %s: %s", model_id, route.provider, exc.message)
+            exc.message = hide_addresses(exc.message, _hosts_of(provider))
+            raise
         if not result.images:
             raise UpstreamError("The provider returned no image.")
         return result
+
+
+def _hosts_of(provider: ProviderConfig) -> tuple[str, ...]:
+    if not provider.base_url:
+        return ()
+    url = httpx.URL(provider.base_url)
+    return (host_of(provider.base_url), url.host)

@@ -116,6 +116,7 @@ CREDIT_SQL = f"""\
 WITH moved AS (
     UPDATE accounts SET balance_micros = balance_micros + CAST(:amount AS BIGINT)
     WHERE id = :account_id AND balance_micros + CAST(:amount AS BIGINT) >= 0
+      AND balance_micros <= CAST(:max_balance AS BIGINT) - CAST(:amount AS BIGINT)
     RETURNING balance_micros
 )
 INSERT INTO ledger_entries
