@@ -352,17 +352,15 @@ class ImageService:
                 latency_ms=_elapsed_ms(job.started),
             )
         )
-        return Delivery(images, cost, result.usage)
+        return Delivery(images, cost, result.usage, result.quality, result.background)
 
     @staticmethod
     def _render(job: Job, delivery: Delivery) -> bytes:
         return render_body(
             model_id=job.model.id,
-            images=delivery.images,
+            request=job.validated.request,
             response_format=job.validated.response_format,
-            output_format=job.validated.request.output_format,
-            cost_micros=delivery.cost_micros,
-            usage=delivery.usage,
+            delivery=delivery,
         )
 
     async def _log_unbilled(
@@ -395,10 +393,4 @@ def _elapsed_ms(started: float) -> int:
 
 
 def _stream_shape(endpoint: Endpoint, request: ImageRequest) -> StreamShape:
-    background = request.params.get("background") or request.extra.get("background")
-    return StreamShape(
-        prefix=STREAM_PREFIX[endpoint],
-        quality=request.quality or "auto",
-        background=background if isinstance(background, str) else "auto",
-        output_format=request.output_format,
-    )
+    return StreamShape.of(STREAM_PREFIX[endpoint], request)

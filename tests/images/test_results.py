@@ -9,9 +9,9 @@ from unittest import mock
 import pytest
 from PIL import Image
 
-from app.adapters.base import UpstreamImage
+from app.adapters.base import ImageRequest, UpstreamImage
 from app.images import codec
-from app.images.results import HEAD_BYTES, finish_image, render_body
+from app.images.results import HEAD_BYTES, Delivery, finish_image, render_body
 
 pytestmark = pytest.mark.anyio
 
@@ -31,11 +31,11 @@ async def test_matching_format_passes_the_providers_base64_through_undecoded() -
         assert done.b64 is b64  # the very bytes the provider sent
         body = render_body(
             model_id="m",
-            images=[done],
+            request=ImageRequest(
+                prompt="p", n=1, output_format="png", sizing="none", size=None, params={}
+            ),
             response_format="b64_json",
-            output_format="png",
-            cost_micros=1,
-            usage=None,
+            delivery=Delivery([done], 1, None),
             created=1,
         )
     # only the header prefix was ever decoded
