@@ -329,9 +329,11 @@ class MockOpenAIUpstream(MockServer):
         fmt: ImageFormat = self.image_format or (requested if requested in _PIL_NAMES else "png")
         as_url = self.mode == "url" or (not gpt_image and body.get("response_format") != "b64_json")
         data: list[dict[str, Any]] = []
+        # like GPT Image: a transparent background is an alpha channel (not in JPEG)
+        transparent = gpt_image and body.get("background") == "transparent" and fmt != "jpeg"
         for index in range(n):
             image, b64 = await self._image(
-                width, height, fmt, f"{prompt}\x00{index}\x00{time.time_ns()}"
+                width, height, fmt, f"{prompt}\x00{index}\x00{time.time_ns()}", transparent
             )
             item: dict[str, Any] = {}
             if as_url:
@@ -365,19 +367,26 @@ class MockOpenAIUpstream(MockServer):
             )
         return Response(orjson.dumps(answer), media_type="application/json")
 
-    async def _image(self, width: int, height: int, fmt: str, key: str) -> tuple[bytes, str]:
-        if self.fixed_png:
+    async def _image(
+        self, width: int, height: int, fmt: str, key: str, transparent: bool = False
+    ) -> tuple[bytes, str]:
+        if self.fixed_png and not transparent:
             cached = self._cache.get((width, height, fmt))
             if cached is None:
                 cached = await asyncio.to_thread(_render, width, height, fmt, "fixed")
                 self._cache[(width, height, fmt)] = cached
             return cached
-        return await asyncio.to_thread(_render, width, height, fmt, key)
+        return await asyncio.to_thread(_render, width, height, fmt, key, transparent)
 
 
-def _render(width: int, height: int, fmt: str, key: str) -> tuple[bytes, str]:
+def _render(
+    width: int, height: int, fmt: str, key: str, transparent: bool = False
+) -> tuple[bytes, str]:
     digest = hashlib.sha256(key.encode()).digest()
-    image = Image.new("RGB", (width, height), (digest[0], digest[1], digest[2]))
+    if transparent:  # a clear background behind the (opaque) subject
+        image = Image.new("RGBA", (width, height), (0, 0, 0, 0))
+    else:
+        image = Image.new("RGB", (width, height), (digest[0], digest[1], digest[2]))
     image.paste((digest[3], digest[4], digest[5]), (0, 0, max(1, width // 2), max(1, height // 2)))
     buffer = io.BytesIO()
     image.save(buffer, _PIL_NAMES[fmt], **({"compress_level": 1} if fmt == "png" else {}))
