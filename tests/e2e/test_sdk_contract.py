@@ -230,6 +230,7 @@ def test_an_event_named_otherwise_than_its_type_or_not_json_is_refused() -> None
         ),
         (changed(ERROR_BODY, "error.code", "model_not_found"), JSON, "not an UPPER_CASE code"),
         (changed(ERROR_BODY, "error.code", None), JSON, "not an UPPER_CASE code"),
+        (changed(ERROR_BODY, "error.param", ...), JSON, "error.param missing (null is fine)"),
         ({"detail": "Not Found"}, JSON, "error: Field required"),
         (ERROR_BODY, "text/plain", "an error answered as text/plain"),
     ],
@@ -368,7 +369,7 @@ def test_the_live_gateway_is_checked(env: Env) -> None:
         "model",
         "images",
         "error",
-        "image_generation.completed",
+        "event:image_generation.completed",
     }
 
 

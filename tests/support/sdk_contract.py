@@ -22,7 +22,8 @@ what we promise beyond the SDK is checked explicitly: `usage` with a numeric
 
 Violations are collected, not raised inside the server (the client would only see a broken
 connection): `LiveGateway` fails the test at teardown with the list (`assert_clean`).
-`samples` keeps a few bodies of each kind (base64 shortened) for the Node type check.
+`samples` keeps a few bodies of each kind (base64 shortened; stream events under
+`event:<type>`) for the Node type check (`tests/e2e/test_node_sdk_types.py`).
 """
 
 from __future__ import annotations
@@ -174,7 +175,7 @@ def check_event_stream(path: str, raw: bytes, *, complete: bool = True) -> list[
         if problem := _strict(model, data):
             problems.append(f"{where}: {problem}")
         elif kind == "error":
-            problems += [f"{where}: {p}" for p in _code_problem(payload["error"]["code"])]
+            problems += [f"{where}: {p}" for p in _error_problems(payload["error"])]
         elif str(kind).endswith(".completed") and (cost := _cost_problem(payload.get("usage"))):
             problems.append(f"{where}: {cost}")
     return problems
@@ -184,13 +185,18 @@ def check_error_body(raw: bytes) -> list[str]:
     problem = _strict(_ErrorBody, raw)
     if problem:
         return [problem]
-    return _code_problem(orjson.loads(raw)["error"]["code"])
+    return _error_problems(orjson.loads(raw)["error"])
 
 
-def _code_problem(code: Any) -> list[str]:
+def _error_problems(error: dict[str, Any]) -> list[str]:
+    # openai-node declares `param: string | null` and `code: string | null` as required
+    problems = [
+        f"error.{key} missing (null is fine)" for key in ("param", "code") if key not in error
+    ]
+    code = error.get("code")
     if not isinstance(code, str) or not ERROR_CODE.match(code):
-        return [f"error code {code!r} is not an UPPER_CASE code"]
-    return []
+        problems.append(f"error code {code!r} is not an UPPER_CASE code")
+    return problems
 
 
 def check_response(
@@ -291,7 +297,7 @@ class ContractCheckedApp:
         if kind == "events":
             for _, data in parse_sse(raw):
                 payload = shorten_base64(orjson.loads(data))
-                bucket = self.samples.setdefault(str(payload["type"]), [])
+                bucket = self.samples.setdefault(f"event:{payload['type']}", [])
                 if len(bucket) < MAX_SAMPLES:
                     bucket.append(payload)
             return
