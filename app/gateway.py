@@ -25,6 +25,7 @@ from app.adapters.base import AdapterContext, ImageAdapter
 from app.adapters.registry import build_adapter
 from app.catalog.live import CatalogSnapshot, LiveCatalog
 from app.catalog.loader import Catalog, load_catalog
+from app.catalog.reload import CatalogReloader, reload_on_sighup
 from app.db.engine import engine_for
 from app.images.admission import Admissions
 from app.images.routing import Router

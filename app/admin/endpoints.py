@@ -254,6 +254,5 @@ async def list_requests(
     return Page(data=[RequestOut.of(record) for record in records], next_cursor=next_cursor)
 
 
-
 # catalog ------------------------------------------------------------------------------
 router.include_router(catalog_router)  # POST /admin/v1/catalog/reload (`app.admin.catalog`)

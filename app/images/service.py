@@ -356,10 +356,13 @@ class ImageService:
                 request.price,
             )
             cost = request.price
-        body = render(Delivery(images, cost, result.usage))  # a failure here refunds in full
+        # a failure in rendering refunds in full
+        body = render(Delivery(images, cost, result.usage, result.quality, result.background))
         charged = await admission.settle(cost_micros=cost, images=len(images), body=body)
         if charged != cost:  # swept while it ran: the response says what was really taken
-            body = render(Delivery(images, charged, result.usage))
+            body = render(
+                Delivery(images, charged, result.usage, result.quality, result.background)
+            )
             admission.deliver(body)
         return body
 
@@ -368,11 +371,9 @@ def _render(admission: Admission, delivery: Delivery) -> bytes:
     validated = admission.request.validated
     return render_body(
         model_id=admission.request.model.id,
-        images=delivery.images,
+        request=validated.request,
         response_format=validated.response_format,
-        output_format=validated.request.output_format,
-        cost_micros=delivery.cost_micros,
-        usage=delivery.usage,
+        delivery=delivery,
     )
 
 
@@ -384,10 +385,4 @@ def _consume_outcome(task: asyncio.Task[Any]) -> None:
 
 
 def _stream_shape(endpoint: Endpoint, request: ImageRequest) -> StreamShape:
-    background = request.params.get("background") or request.extra.get("background")
-    return StreamShape(
-        prefix=STREAM_PREFIX[endpoint],
-        quality=request.quality or "auto",
-        background=background if isinstance(background, str) else "auto",
-        output_format=request.output_format,
-    )
+    return StreamShape.of(STREAM_PREFIX[endpoint], request)

@@ -9,8 +9,11 @@ the service owns and feeds this stream through a queue:
     response:   queue ──▶ bytes, and `: keep-alive` whenever nothing came for `keepalive_s`
 
 Events are `event: <type>` + `data: <json>` with the JSON's `type` equal to the event name,
-as the SDKs dispatch on it. Completed events always carry `b64_json` (the SDKs' event types
-have no URL form), whatever `response_format` says.
+as the SDKs dispatch on it, and each is valid against the SDK's event type
+(`ImageGenStreamEvent` / `ImageEditStreamEvent`). Completed events always carry `b64_json`
+(the SDKs' event types have no URL form), whatever `response_format` says. The SDK types
+require `usage` on every completed event: the request's usage and cost ride on the last one,
+earlier ones carry zeros, so adding up the events, or reading the last, gives the totals.
 
 A client that hangs up stops only the sending: the work goes on to its end, and what the
 provider produced is charged and stored under the Idempotency-Key exactly as for a plain call
@@ -31,8 +34,16 @@ from typing import Any, Final
 import anyio
 import orjson
 
+from app.adapters.base import ImageRequest
 from app.errors import GatewayError
-from app.images.results import Delivery, FinishedImage, usage_block
+from app.images.results import (
+    EVENT_QUALITIES,
+    Delivery,
+    FinishedImage,
+    reported_quality,
+    requested_background,
+    usage_block,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +56,14 @@ class StreamShape:
 
     #: "image_generation" or "image_edit"
     prefix: str
-    quality: str
-    background: str
+    #: as requested (None: the model has no such setting or the client left it out)
+    quality: str | None
+    background: str | None
     output_format: str
+
+    @classmethod
+    def of(cls, prefix: str, request: ImageRequest) -> StreamShape:
+        return cls(prefix, request.quality, requested_background(request), request.output_format)
 
 
 def sse_event(name: str, payload: dict[str, Any]) -> bytes:
@@ -64,26 +80,38 @@ def completed_events(shape: StreamShape, delivery: Delivery) -> list[bytes]:
     events: list[bytes] = []
     last = len(delivery.images) - 1
     for index, image in enumerate(delivery.images):
-        payload = _image_payload(name, shape, image, created_at)
+        payload = _image_payload(name, shape, image, created_at, delivery)
         payload["index"] = index
         if image.revised_prompt is not None:
             payload["revised_prompt"] = image.revised_prompt
-        if index == last:
-            payload["usage"] = usage_block(delivery.cost_micros, delivery.usage)
+        payload["usage"] = (
+            usage_block(delivery.cost_micros, delivery.usage)
+            if index == last
+            else usage_block(0, None)
+        )
         events.append(sse_event(name, payload))
     return events
 
 
 def _image_payload(
-    name: str, shape: StreamShape, image: FinishedImage, created_at: int
+    name: str,
+    shape: StreamShape,
+    image: FinishedImage,
+    created_at: int,
+    delivery: Delivery | None = None,
 ) -> dict[str, Any]:
+    """The fields a partial and a completed event share (`delivery`: the provider's word on
+    the settings it used, known once the images are)."""
+    said_quality = delivery.quality if delivery else None
+    said_background = delivery.background if delivery else None
+    quality = reported_quality(EVENT_QUALITIES, said_quality, shape.quality)
     return {
         "type": name,
         "b64_json": image.b64.decode("ascii"),
         "created_at": created_at,
         "size": image.size,
-        "quality": shape.quality,
-        "background": shape.background,
+        "quality": quality or "auto",
+        "background": image.background(said_background, shape.background),
         "output_format": shape.output_format,
     }
 

@@ -49,9 +49,12 @@ def test_stream_completed_events_and_usage(env: Env) -> None:
         assert (image.format, image.size) == ("WEBP", (320, 256))
         assert (event.size, event.output_format, event.index) == ("320x256", "webp", index)  # type: ignore[attr-defined]
         assert event.created_at > 0
-        assert (event.quality, event.background) == ("auto", "auto")
-    assert "usage" not in events[0].to_dict()
-    assert events[-1].to_dict()["usage"]["cost"]["total_cost"] == 0.002
+        # local-preview has no quality setting; its images have no alpha channel
+        assert (event.quality, event.background) == ("auto", "opaque")
+    # the SDK type requires usage on every completed event: zeros but on the last
+    first, last = (event.to_dict()["usage"] for event in events)
+    assert first["cost"]["total_cost"] == 0 and first["total_tokens"] == 0
+    assert last["cost"]["total_cost"] == 0.002
     assert balance(env) == before - 2000  # billed exactly like the plain call
 
 
