@@ -36,6 +36,9 @@ from app.ratelimit.base import RateLimiter
 from app.security.throttle import FailureThrottle
 from app.settings import Settings
 from app.upstream_client import make_http_client, upstream_occupancy
+from app.webhooks.destinations import DestinationPolicy
+from app.webhooks.dispatcher import DeliveryPolicy, Dispatcher, make_client, running
+from app.webhooks.service import WebhookService
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +59,9 @@ class Gateway:
     image_work: ImageWorkPool
     #: failed admin-token attempts per client address (`app.security.throttle`)
     admin_throttle: FailureThrottle
+    #: webhook endpoints and deliveries (`app.webhooks`); the dispatcher sends from the outbox
+    webhooks: WebhookService
+    dispatcher: Dispatcher
     #: the upstream and database pools' occupancy, for metrics (app.pools)
     pools: list[PoolGauge] = field(default_factory=list)
 
@@ -80,6 +86,17 @@ def pool_gauges(gateway: Gateway) -> list[PoolGauge]:
     return gauges
 
 
+def delivery_policy(settings: Settings) -> DeliveryPolicy:
+    return DeliveryPolicy(
+        timeout_s=settings.webhook_timeout_s,
+        max_attempts=settings.webhook_max_attempts,
+        backoff_s=settings.webhook_backoff_s,
+        max_backoff_s=settings.webhook_max_backoff_s,
+        lease_s=settings.webhook_lease_s,
+        key_expiry_window_s=settings.webhook_key_expiry_window_s,
+    )
+
+
 @contextlib.asynccontextmanager
 async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
     catalog = load_catalog(settings.gateway_config, os.environ)  # logs its own warnings
@@ -91,6 +108,19 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
     http = make_http_client(settings)
     rate_limiter = make_rate_limiter(settings.redis_url)
     ledger = Ledger(engine, clock=file_clock(settings.clock_file))
+    destinations = DestinationPolicy(
+        allow_http=settings.webhook_allow_http, allow_private=settings.webhook_allow_private
+    )
+    webhook_client = make_client(
+        timeout_s=settings.webhook_timeout_s, ca_bundle=settings.webhook_ca_bundle
+    )
+    dispatcher = Dispatcher(
+        engine,
+        webhook_client,
+        destinations=destinations,
+        policy=delivery_policy(settings),
+        clock=file_clock(settings.clock_file),
+    )
     image_work = ImageWorkPool(
         workers=settings.image_workers,
         budget_pixels=settings.image_budget_megapixels * 1_000_000,
@@ -134,6 +164,8 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
             burst=settings.admin_failure_burst,
             refill_s=settings.admin_failure_refill_s,
         ),
+        webhooks=WebhookService(engine, dispatcher, destinations),
+        dispatcher=dispatcher,
     )
     gateway.pools = pool_gauges(gateway)
     sweeper = Sweeper(ledger, idempotency=gateway.idempotency)
@@ -144,11 +176,17 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
         name="ledger-sweeper",
     )
     try:
-        yield gateway
+        async with running(
+            dispatcher,
+            poll_interval_s=settings.webhook_poll_interval_s,
+            scan_interval_s=settings.webhook_scan_interval_s,
+        ):
+            yield gateway
     finally:
         sweeper_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper_task
+        await webhook_client.aclose()
         await ledger.wait_idle()  # settlements shielded from cancelled requests
         await rate_limiter.aclose()
         await http.aclose()

@@ -135,7 +135,9 @@ class Settings(BaseSettings):
         default=False, validation_alias="GATEWAY_WEBHOOK_ALLOW_PRIVATE"
     )
     #: PEM file of extra CAs to trust for endpoints (an internal CA); default: system trust
-    webhook_ca_bundle: Path | None = Field(default=None, validation_alias="GATEWAY_WEBHOOK_CA_BUNDLE")
+    webhook_ca_bundle: Path | None = Field(
+        default=None, validation_alias="GATEWAY_WEBHOOK_CA_BUNDLE"
+    )
     webhook_timeout_s: float = Field(
         default=15.0, gt=0, le=120, validation_alias="GATEWAY_WEBHOOK_TIMEOUT_S"
     )
@@ -143,7 +145,9 @@ class Settings(BaseSettings):
         default=10, ge=1, le=50, validation_alias="GATEWAY_WEBHOOK_MAX_ATTEMPTS"
     )
     #: the n-th retry waits about backoff * 2^(n-1) (with jitter), capped at max_backoff
-    webhook_backoff_s: float = Field(default=5.0, gt=0, validation_alias="GATEWAY_WEBHOOK_BACKOFF_S")
+    webhook_backoff_s: float = Field(
+        default=5.0, gt=0, validation_alias="GATEWAY_WEBHOOK_BACKOFF_S"
+    )
     webhook_max_backoff_s: float = Field(
         default=6 * 3600.0, gt=0, validation_alias="GATEWAY_WEBHOOK_MAX_BACKOFF_S"
     )
@@ -181,9 +185,7 @@ class Settings(BaseSettings):
                 "GATEWAY_WEBHOOK_MAX_BACKOFF_S must be at least GATEWAY_WEBHOOK_BACKOFF_S"
             )
         if self.webhook_ca_bundle is not None and not self.webhook_ca_bundle.is_file():
-            raise ValueError(
-                f"GATEWAY_WEBHOOK_CA_BUNDLE: no such file: {self.webhook_ca_bundle}"
-            )
+            raise ValueError(f"GATEWAY_WEBHOOK_CA_BUNDLE: no such file: {self.webhook_ca_bundle}")
         return self
 
     @field_validator("admin_token")
