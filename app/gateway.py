@@ -23,6 +23,7 @@ from app.adapters.registry import build_adapter
 from app.catalog.live import CatalogSnapshot, LiveCatalog
 from app.catalog.loader import Catalog, load_catalog
 from app.db.engine import make_engine
+from app.images.breaker import Breaker, Event, Transition, make_breaker
 from app.images.work import ImageWorkPool
 from app.keys.auth import KeyAuthenticator
 from app.keys.service import KeyService
@@ -38,6 +39,7 @@ from app.settings import Settings
 from app.upstream_client import make_http_client, upstream_occupancy
 from app.webhooks.destinations import DestinationPolicy
 from app.webhooks.dispatcher import DeliveryPolicy, Dispatcher, make_client, running
+from app.webhooks.events import provider_transition
 from app.webhooks.service import WebhookService
 
 logger = logging.getLogger(__name__)
@@ -62,6 +64,9 @@ class Gateway:
     #: webhook endpoints and deliveries (`app.webhooks`); the dispatcher sends from the outbox
     webhooks: WebhookService
     dispatcher: Dispatcher
+    #: provider health for the `Router` (`app.images.breaker`): shared through Redis when
+    #: REDIS_URL is set; its transitions become `provider.*` webhook events
+    breaker: Breaker
     #: the upstream and database pools' occupancy, for metrics (app.pools)
     pools: list[PoolGauge] = field(default_factory=list)
 
@@ -84,6 +89,15 @@ def pool_gauges(gateway: Gateway) -> list[PoolGauge]:
     if upstream is not None:
         gauges.append(upstream.gauge())
     return gauges
+
+
+def provider_announcer(dispatcher: Dispatcher) -> Transition:
+    """The breaker's hook: a provider's cool-down or recovery as a webhook event."""
+
+    async def announce(provider: str, event: Event, since: str) -> None:
+        await dispatcher.emit(provider_transition(provider, event, since=since))
+
+    return announce
 
 
 def delivery_policy(settings: Settings) -> DeliveryPolicy:
@@ -124,6 +138,12 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
     image_work = ImageWorkPool(
         workers=settings.image_workers,
         budget_pixels=settings.image_budget_megapixels * 1_000_000,
+    )
+    breaker = make_breaker(
+        settings.redis_url,
+        failure_threshold=settings.breaker_failure_threshold,
+        cooldown_s=settings.breaker_cooldown_s,
+        on_transition=provider_announcer(dispatcher),
     )
     gateway = Gateway(
         settings=settings,
@@ -166,6 +186,7 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
         ),
         webhooks=WebhookService(engine, dispatcher, destinations),
         dispatcher=dispatcher,
+        breaker=breaker,
     )
     gateway.pools = pool_gauges(gateway)
     sweeper = Sweeper(ledger, idempotency=gateway.idempotency)
@@ -187,6 +208,7 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper_task
         await webhook_client.aclose()
+        await breaker.aclose()
         await ledger.wait_idle()  # settlements shielded from cancelled requests
         await rate_limiter.aclose()
         await http.aclose()

@@ -13,6 +13,7 @@ them, so the admin API and the CLI give the same answers.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, Self, TypeVar
 
@@ -59,6 +60,10 @@ class AccountUpdate(_Request):
     status: Literal["active", "suspended"] | None = None
     #: IANA zone of the account's calendar (day/month key budgets); validated by the ledger
     timezone: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    #: USD: `balance.below_threshold` webhook event when a debit crosses it (null: off)
+    low_balance_threshold: Micros | None = None
+    #: the account's price list (`app.catalog.account_pricing`); null: catalog prices
+    pricing: dict[str, Any] | None = None
 
 
 class CreditCreate(_Request):
@@ -124,16 +129,21 @@ class AccountOut(BaseModel):
     balance: float
     status: str
     timezone: str
+    low_balance_threshold: float | None = None
+    pricing: dict[str, Any] | None = None
     created_at: datetime
 
     @classmethod
     def of(cls, record: AccountRecord) -> Self:
+        threshold = record.low_balance_threshold_micros
         return cls(
             id=record.id,
             name=record.name,
             balance=micros_to_json(record.balance_micros),
             status=record.status,
             timezone=record.timezone,
+            low_balance_threshold=None if threshold is None else micros_to_json(threshold),
+            pricing=None if not record.pricing else json.loads(record.pricing),
             created_at=record.created_at,
         )
 

@@ -33,6 +33,7 @@ from typing import Any, Final, Literal
 import orjson
 
 from app.adapters.base import ImageRequest, PartialSink
+from app.catalog.account_pricing import account_price
 from app.catalog.loader import Catalog
 from app.catalog.parameters import CompiledModel, ValidatedGeneration
 from app.errors import (
@@ -189,7 +190,7 @@ class ImageService:
                     max_bytes=settings.max_image_bytes,
                     max_pixels=settings.max_image_pixels,
                 )
-            price = model.price.quote(validated.request)
+            price = account_price(ctx.key.pricing, model).quote(validated.request)
         except GatewayError as error:
             await self._log_unbilled(ctx, model_id, user, error, started)
             raise
@@ -320,7 +321,7 @@ class ImageService:
                 work=gw.image_work,
             )
             images = images[: request.n]
-            cost = model.price.settle(
+            cost = account_price(ctx.key.pricing, model).settle(
                 request, [(image.width, image.height) for image in images], result.usage
             )
             cost = min(cost, job.price)

@@ -52,6 +52,7 @@ _ERROR_CHARS = 500
 _CLAIM_BATCH = 50
 _FAN_OUT_BATCH = 200
 _SCAN_BATCH = 500
+_STOP_GRACE_S = 5.0
 
 
 def system_clock() -> datetime:
@@ -266,21 +267,22 @@ class Dispatcher:
                 f"; retry at {next_at:%H:%M:%S}" if next_at else "; giving up",
             )
 
-    async def run_forever(self, *, poll_interval_s: float, scan_interval_s: float) -> None:
-        """The background loop of every replica (cancelled at shutdown)."""
+    async def run_forever(
+        self, *, poll_interval_s: float, scan_interval_s: float, stop: asyncio.Event
+    ) -> None:
+        """The background loop of every replica, until `stop` is set (between passes)."""
         loop = asyncio.get_running_loop()
         next_scan = loop.time()
-        while True:
+        while not stop.is_set():
             try:
                 if loop.time() >= next_scan:
                     next_scan = loop.time() + scan_interval_s
                     await self.scan_expiring_keys()
                 await self.run_once()
-            except asyncio.CancelledError:
-                raise
             except Exception:  # the database is down, say: keep trying
                 logger.exception("webhooks: dispatch pass failed")
-            await asyncio.sleep(poll_interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=poll_interval_s)
 
 
 async def _read_limited(response: httpx.Response) -> bytes:
@@ -303,14 +305,26 @@ def _retry_after(value: str | None) -> float | None:
 async def running(
     dispatcher: Dispatcher, *, poll_interval_s: float, scan_interval_s: float
 ) -> AsyncIterator[asyncio.Task[None]]:
-    """Run the dispatcher's loop in the background for the duration of the block."""
+    """Run the dispatcher's loop in the background for the duration of the block.
+
+    At the end the loop is asked to stop and its pass in progress may finish (a query torn
+    by cancellation is worse than a short wait); after `_STOP_GRACE_S` it is cancelled: an
+    attempt cut short keeps its lease and is sent again by the next claimer.
+    """
+    stop = asyncio.Event()
     task = asyncio.create_task(
-        dispatcher.run_forever(poll_interval_s=poll_interval_s, scan_interval_s=scan_interval_s),
+        dispatcher.run_forever(
+            poll_interval_s=poll_interval_s, scan_interval_s=scan_interval_s, stop=stop
+        ),
         name="webhook-dispatcher",
     )
     try:
         yield task
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        stop.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout=_STOP_GRACE_S)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
