@@ -112,7 +112,7 @@ class Dispatcher:
         owner: str | None = None,
     ) -> None:
         self._engine = engine
-        self._client = client
+        self.client = client
         self._destinations = destinations
         self.policy = policy
         self._clock = clock
@@ -207,7 +207,7 @@ class Dispatcher:
         headers["user-agent"] = "image-gateway-webhooks/1"
         try:
             async with asyncio.timeout(self.policy.timeout_s):
-                async with self._client.stream(
+                async with self.client.stream(
                     "POST", item.url, content=body, headers=headers
                 ) as response:
                     answer = await _read_limited(response)
