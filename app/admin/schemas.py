@@ -143,9 +143,21 @@ class AccountOut(BaseModel):
             status=record.status,
             timezone=record.timezone,
             low_balance_threshold=None if threshold is None else micros_to_json(threshold),
-            pricing=None if not record.pricing else json.loads(record.pricing),
+            pricing=_pricing_out(record.pricing),
             created_at=record.created_at,
         )
+
+
+def _pricing_out(stored: str | None) -> dict[str, Any] | None:
+    """Stored account pricing as JSON: multipliers stay exact strings, prices are USD numbers
+    like every amount of this API."""
+    if not stored:
+        return None
+    pricing: dict[str, Any] = json.loads(stored)
+    for entry in pricing.get("models", {}).values():
+        if "per_image" in entry:
+            entry["per_image"] = micros_to_json(parse_usd(entry["per_image"]))
+    return pricing
 
 
 class LedgerEntryOut(BaseModel):
