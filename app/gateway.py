@@ -100,17 +100,6 @@ def provider_announcer(dispatcher: Dispatcher) -> Transition:
     return announce
 
 
-def delivery_policy(settings: Settings) -> DeliveryPolicy:
-    return DeliveryPolicy(
-        timeout_s=settings.webhook_timeout_s,
-        max_attempts=settings.webhook_max_attempts,
-        backoff_s=settings.webhook_backoff_s,
-        max_backoff_s=settings.webhook_max_backoff_s,
-        lease_s=settings.webhook_lease_s,
-        key_expiry_window_s=settings.webhook_key_expiry_window_s,
-    )
-
-
 @contextlib.asynccontextmanager
 async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
     catalog = load_catalog(settings.gateway_config, os.environ)  # logs its own warnings
@@ -132,7 +121,7 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
         engine,
         webhook_client,
         destinations=destinations,
-        policy=delivery_policy(settings),
+        policy=DeliveryPolicy.from_settings(settings),
         clock=file_clock(settings.clock_file),
     )
     image_work = ImageWorkPool(

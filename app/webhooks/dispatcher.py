@@ -34,6 +34,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.settings import Settings
 from app.webhooks import events, signing
 from app.webhooks.destinations import (
     DestinationPolicy,
@@ -67,6 +68,17 @@ class DeliveryPolicy:
     max_backoff_s: float = 6 * 3600.0
     lease_s: float = 60.0
     key_expiry_window_s: float = 7 * 86_400.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DeliveryPolicy:
+        return cls(
+            timeout_s=settings.webhook_timeout_s,
+            max_attempts=settings.webhook_max_attempts,
+            backoff_s=settings.webhook_backoff_s,
+            max_backoff_s=settings.webhook_max_backoff_s,
+            lease_s=settings.webhook_lease_s,
+            key_expiry_window_s=settings.webhook_key_expiry_window_s,
+        )
 
 
 @dataclass(frozen=True, slots=True)
