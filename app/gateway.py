@@ -16,13 +16,17 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
 import httpx
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.adapters.base import AdapterContext, ImageAdapter
 from app.adapters.registry import build_adapter
+from app.catalog.account_pricing import AccountPricing
 from app.catalog.live import CatalogSnapshot, LiveCatalog
 from app.catalog.loader import Catalog, load_catalog
 from app.db.engine import make_engine
+from app.db.models import Account
 from app.images.breaker import Breaker, Event, Transition, make_breaker
 from app.images.work import ImageWorkPool
 from app.keys.auth import KeyAuthenticator
@@ -89,6 +93,27 @@ def pool_gauges(gateway: Gateway) -> list[PoolGauge]:
     if upstream is not None:
         gauges.append(upstream.gauge())
     return gauges
+
+
+async def warn_about_account_pricing(engine: AsyncEngine, catalog: Catalog) -> None:
+    """Start-up check of the stored account prices against this catalog: an entry for a
+    model the catalog no longer has is unused (that model is gone), so it is a warning."""
+    try:
+        async with engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(Account.id, Account.pricing).where(Account.pricing.is_not(None))
+                )
+            ).all()
+    except DBAPIError:  # not migrated yet, say: readiness reports that
+        return
+    for account_id, text in rows:
+        try:
+            pricing = AccountPricing.from_json(text)
+            if pricing is not None:
+                pricing.check_models(catalog.models)
+        except ValueError as exc:
+            logger.warning("account %s: %s", account_id, exc)
 
 
 def provider_announcer(dispatcher: Dispatcher) -> Transition:
@@ -178,6 +203,7 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
         breaker=breaker,
     )
     gateway.pools = pool_gauges(gateway)
+    await warn_about_account_pricing(engine, catalog)
     sweeper = Sweeper(ledger, idempotency=gateway.idempotency)
     sweeper_task = asyncio.create_task(
         sweeper.run_forever(

@@ -78,3 +78,29 @@ def test_model_ids_are_checked_against_the_catalog() -> None:
     pricing.check_models({"m": object()})
     with pytest.raises(ValueError, match="'m' is not a model id"):
         pricing.check_models({})
+
+
+@pytest.mark.anyio
+async def test_start_up_warns_about_prices_for_models_the_catalog_lost(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from types import SimpleNamespace
+
+    from app.db.engine import make_engine
+    from app.gateway import warn_about_account_pricing
+    from app.ledger import Ledger
+    from tests.support.factories import make_account
+
+    engine = make_engine(database_url)
+    try:
+        account = await make_account(engine)
+        stored = parse_pricing({"models": {"retired": {"multiplier": "2"}}}).to_json()
+        await Ledger(engine).update_account(account, pricing=stored)
+        with caplog.at_level("WARNING", logger="app.gateway"):
+            await warn_about_account_pricing(engine, SimpleNamespace(models={"m": 1}))  # type: ignore[arg-type]
+            assert f"account {account}: pricing.models: 'retired'" in caplog.text
+            caplog.clear()
+            await warn_about_account_pricing(engine, SimpleNamespace(models={"retired": 1}))  # type: ignore[arg-type]
+            assert caplog.text == ""
+    finally:
+        await engine.dispose()
