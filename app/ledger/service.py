@@ -85,6 +85,7 @@ ACCOUNT_STATUSES = ("active", "suspended")
 MAX_PAGE = 500
 _SWEEP_BATCH = 200
 _HOLD_ATTEMPTS = 3
+_ANNOUNCED_MEMORY = 10_000
 _STATE_AFTER_LOST_RACE: dict[str | None, SettleState] = {
     "settled": "already_settled",
     "swept": "swept",
@@ -144,6 +145,8 @@ class Ledger:
         self.occupancy = Occupancy("database", _pool_size(engine))
         self._postgres = engine.dialect.name == "postgresql"
         self._in_flight: set[asyncio.Future[Any]] = set()
+        #: (key, window) whose budget.reached is in the outbox (this process knows)
+        self._announced: set[tuple[str, str]] = set()
         # AUTOCOMMIT: no BEGIN/COMMIT round trips; every money statement commits on its own
         self._autocommit = (
             engine.execution_options(isolation_level="AUTOCOMMIT") if self._postgres else engine
@@ -360,6 +363,9 @@ class Ledger:
     async def _announce_refusal(self, hold: HoldRequest, refusal: BudgetRefused) -> None:
         """`budget.reached` for a refused hold: its own small transaction, since the refusal
         rolled everything else back (once per key and window, by the event's dedupe key)."""
+        seen = (hold.key_id, refusal.window)
+        if seen in self._announced:  # a key over budget keeps retrying: one insert is enough
+            return
         draft = self._budget_event(
             hold, refusal.period, refusal.window, refusal.amount_micros, "refused"
         )
@@ -368,6 +374,10 @@ class Ledger:
                 await WebhookRepository(repo.connection).insert_event(draft, now=self._clock())
         except Exception:  # the client's 402 matters more than the notification
             logger.warning("ledger: could not record budget.reached for %s", hold, exc_info=True)
+            return
+        if len(self._announced) >= _ANNOUNCED_MEMORY:
+            self._announced.clear()
+        self._announced.add(seen)
 
     async def _explain_refused_hold(self, hold: HoldRequest) -> int:
         """Postgres, off the happy path: re-judge a refused hold under the account row lock.
