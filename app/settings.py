@@ -163,6 +163,11 @@ class Settings(BaseSettings):
     webhook_scan_interval_s: float = Field(
         default=300.0, gt=0, validation_alias="GATEWAY_WEBHOOK_SCAN_INTERVAL_S"
     )
+    #: finished deliveries and their events are deleted after this many days (the dedupe of
+    #: once-per-window events needs them for a month: at least 32)
+    webhook_retention_days: int = Field(
+        default=35, ge=32, le=3650, validation_alias="GATEWAY_WEBHOOK_RETENTION_DAYS"
+    )
 
     # Provider circuit breaker (shared through REDIS_URL when set)
     breaker_failure_threshold: int = Field(

@@ -6,7 +6,8 @@
       send      POST the signed body (Standard Webhooks headers), bounded by timeout and
                 response size; a 2xx is success, anything else a failed attempt
       record    succeeded | pending again at now + backoff | failed after max_attempts
-    every scan interval: keys expiring within the window ─▶ `key.expiring` (once per expiry)
+    every scan interval: keys expiring within the window ─▶ `key.expiring` (once per expiry);
+                         finished history older than the retention is deleted
 
 Retries use exponential backoff with "equal jitter": the n-th retry waits
 `d/2 + uniform(0, d/2)` with `d = min(max_backoff, backoff * 2^(n-1))`, so retries spread out
@@ -34,6 +35,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.errors import GatewayError
 from app.settings import Settings
 from app.webhooks import events, signing
 from app.webhooks.destinations import (
@@ -68,6 +70,7 @@ class DeliveryPolicy:
     max_backoff_s: float = 6 * 3600.0
     lease_s: float = 60.0
     key_expiry_window_s: float = 7 * 86_400.0
+    retention_s: float = 35 * 86_400.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DeliveryPolicy:
@@ -78,6 +81,7 @@ class DeliveryPolicy:
             max_backoff_s=settings.webhook_max_backoff_s,
             lease_s=settings.webhook_lease_s,
             key_expiry_window_s=settings.webhook_key_expiry_window_s,
+            retention_s=settings.webhook_retention_days * 86_400.0,
         )
 
 
@@ -159,6 +163,12 @@ class Dispatcher:
             new += await self.emit(draft)
         return new
 
+    async def prune(self) -> int:
+        """Drop finished history older than the retention (see `WebhookRepository.prune`)."""
+        before = self._clock() - timedelta(seconds=self.policy.retention_s)
+        async with self._engine.begin() as conn:
+            return await WebhookRepository(conn).prune(before=before)
+
     # deliveries --------------------------------------------------------------------------
     async def run_once(self) -> int:
         """Fan out new events and send every due attempt once; how many attempts were made."""
@@ -211,8 +221,8 @@ class Dispatcher:
             await check_addresses(host, port, self._destinations)
         except DestinationRefused as exc:
             return AttemptResult(ok=False, error=f"refused: {exc}")
-        except Exception as exc:  # the URL no longer passes the policy (it changed)
-            return AttemptResult(ok=False, error=f"refused: {exc}")
+        except GatewayError as exc:  # the URL no longer passes the policy (it changed)
+            return AttemptResult(ok=False, error=f"refused: {exc.message}")
         body = events.render_body(item.event_type, item.event_created_at, item.data)
         timestamp = int(self._clock().timestamp())
         headers = signing.headers(item.secret, msg_id=item.event_id, timestamp=timestamp, body=body)
@@ -290,6 +300,7 @@ class Dispatcher:
                 if loop.time() >= next_scan:
                     next_scan = loop.time() + scan_interval_s
                     await self.scan_expiring_keys()
+                    await self.prune()
                 await self.run_once()
             except Exception:  # the database is down, say: keep trying
                 logger.exception("webhooks: dispatch pass failed")

@@ -224,6 +224,24 @@ class WebhookRepository:
         )
         return [(r.id, r.account_id, r.name, as_utc(r.expires_at)) for r in rows]
 
+    async def prune(self, *, before: datetime) -> int:
+        """Forget finished deliveries, and events with nothing left to send, created before
+        `before`; how many rows went. Pending deliveries and their events always stay."""
+        deliveries = await self._conn.execute(
+            delete(WebhookDelivery).where(
+                WebhookDelivery.state != "pending", WebhookDelivery.created_at < before
+            )
+        )
+        pending = select(WebhookDelivery.id).where(WebhookDelivery.event_id == WebhookEvent.id)
+        events = await self._conn.execute(
+            delete(WebhookEvent).where(
+                WebhookEvent.fanned_out.is_(True),
+                WebhookEvent.created_at < before,
+                ~pending.exists(),
+            )
+        )
+        return int(deliveries.rowcount or 0) + int(events.rowcount or 0)
+
     # endpoints ---------------------------------------------------------------------------
     async def insert_endpoint(self, values: dict[str, Any]) -> None:
         await self._conn.execute(insert(WebhookEndpoint).values(**values))

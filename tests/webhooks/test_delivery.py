@@ -170,3 +170,22 @@ async def test_private_addresses_are_refused_at_send_time_without_the_opt_in(
     assert delivery.state == "pending" and "private, loopback" in (delivery.last_error or "")
     assert hooks.receiver.received == []
     assert delivery.next_attempt_at > hooks.clock.now + timedelta(seconds=1)
+
+
+async def test_finished_history_is_pruned_after_the_retention_pending_work_is_not(
+    hooks: Hooks,
+) -> None:
+    await subscribe(hooks)
+    await cooled_down(hooks, provider="done")
+    await hooks.dispatcher.run_once()  # delivered: finished history
+    hooks.receiver.failing = True
+    await cooled_down(hooks, provider="stuck")
+    await hooks.dispatcher.run_once()  # failed once: still pending
+    hooks.clock.advance(POLICY.retention_s - 60)
+    assert await hooks.dispatcher.prune() == 0  # not old enough
+    hooks.clock.advance(120)
+    assert await hooks.dispatcher.prune() == 2  # the finished delivery and its event
+    records, _ = await hooks.service.list_deliveries(
+        endpoint_id=None, state=None, limit=10, cursor=None
+    )
+    assert [(r.state, r.attempts) for r in records] == [("pending", 1)]
