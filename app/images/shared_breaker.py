@@ -30,6 +30,8 @@ from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from app.images.breaker import State, Transition, notify
@@ -113,8 +115,17 @@ class RedisCircuitBreaker:
         self._release = redis.register_script(_RELEASE)
 
     @classmethod
-    def from_url(cls, url: str, **options: Any) -> RedisCircuitBreaker:
-        return cls(Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0), **options)
+    def from_url(cls, url: str, *, timeout_s: float = 0.5, **options: Any) -> RedisCircuitBreaker:
+        """Its own client, like the rate limiter's: short timeouts and one immediate retry (a
+        pooled connection may be stale after a Redis restart), never a backoff loop, since
+        every routed call waits on it."""
+        client = Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 1),
+        )
+        return cls(client, **options)
 
     def _key(self, provider: str) -> str:
         return f"{self._prefix}:{{{provider}}}"
@@ -123,7 +134,10 @@ class RedisCircuitBreaker:
         return int(self._clock() * 1000)
 
     async def state(self, provider: str) -> State:
-        opened = await self._redis.hget(self._key(provider), "opened_until")
+        try:
+            opened = await self._redis.hget(self._key(provider), "opened_until")
+        except RedisError:
+            return "closed"  # as `try_acquire` treats it
         if opened is None:
             return "closed"
         return "open" if self._now_ms() < int(opened) else "half_open"

@@ -179,3 +179,17 @@ async def test_two_replicas_share_the_cooldown_and_one_probe(
     assert announced == ["provider.cooled_down", "provider.recovered"]
     # 9 requests, every one answered: exactly 9 prices charged, failed attempts cost nothing
     assert await assert_books_balance(engine, account) == 100 * PRICE - 9 * PRICE
+
+
+async def test_a_breaker_whose_redis_is_away_fails_open() -> None:
+    from tests.support.processes import free_port
+
+    away = RedisCircuitBreaker.from_url(f"redis://127.0.0.1:{free_port()}/0", failure_threshold=1)
+    try:
+        await away.record_failure("p")  # logged, not raised
+        assert await away.try_acquire("p") is True
+        assert await away.state("p") == "closed"
+        await away.record_success("p")
+        await away.release_probe("p")
+    finally:
+        await away.aclose()
