@@ -151,17 +151,23 @@ class Dispatcher:
         if window <= 0:
             return 0
         now = self._clock()
-        async with self._engine.connect() as conn:
-            found = await WebhookRepository(conn).keys_expiring(
-                now=now, until=now + timedelta(seconds=window), limit=_SCAN_BATCH
-            )
-        new = 0
-        for key_id, account_id, name, expires_at in found:
-            draft = events.key_expiring(
-                account_id=account_id, key_id=key_id, name=name, expires_at=expires_at
-            )
-            new += await self.emit(draft)
-        return new
+        new, after_id = 0, None
+        while True:
+            async with self._engine.connect() as conn:
+                found = await WebhookRepository(conn).keys_expiring(
+                    now=now,
+                    until=now + timedelta(seconds=window),
+                    limit=_SCAN_BATCH,
+                    after_id=after_id,
+                )
+            for key_id, account_id, name, expires_at in found:
+                draft = events.key_expiring(
+                    account_id=account_id, key_id=key_id, name=name, expires_at=expires_at
+                )
+                new += await self.emit(draft)
+            if len(found) < _SCAN_BATCH:
+                return new
+            after_id = found[-1][0]
 
     async def prune(self) -> int:
         """Drop finished history older than the retention (see `WebhookRepository.prune`)."""

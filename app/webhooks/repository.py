@@ -208,10 +208,11 @@ class WebhookRepository:
         )
 
     async def keys_expiring(
-        self, *, now: datetime, until: datetime, limit: int
+        self, *, now: datetime, until: datetime, limit: int, after_id: str | None = None
     ) -> list[tuple[str, str, str, datetime]]:
-        """(key id, account id, name, expires_at) of unrevoked keys expiring in (now, until]."""
-        rows = await self._conn.execute(
+        """(key id, account id, name, expires_at) of unrevoked keys expiring in (now, until],
+        by key id, from after `after_id` (the last of the previous page)."""
+        statement = (
             select(ApiKey.id, ApiKey.account_id, ApiKey.name, ApiKey.expires_at)
             .where(
                 ApiKey.revoked_at.is_(None),
@@ -219,9 +220,12 @@ class WebhookRepository:
                 ApiKey.expires_at > now,
                 ApiKey.expires_at <= until,
             )
-            .order_by(ApiKey.expires_at)
+            .order_by(ApiKey.id)
             .limit(limit)
         )
+        if after_id is not None:
+            statement = statement.where(ApiKey.id > after_id)
+        rows = await self._conn.execute(statement)
         return [(r.id, r.account_id, r.name, as_utc(r.expires_at)) for r in rows]
 
     async def prune(self, *, before: datetime) -> int:
