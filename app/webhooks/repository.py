@@ -291,16 +291,28 @@ class WebhookRepository:
 
     # deliveries --------------------------------------------------------------------------
     async def fan_out(self, *, now: datetime, limit: int) -> int:
-        """Create the deliveries of up to `limit` new events; how many events were handled."""
+        """Create the deliveries of up to `limit` new events; how many events were handled.
+
+        The first statement marks the events fanned out and returns them (a write first, so
+        SQLite takes its write lock at once instead of upgrading a read lock, which fails
+        with BUSY under concurrent writers); the deliveries follow in the same transaction.
+        """
         pick = (
-            select(_events.c.id, _events.c.event_type, _events.c.account_id)
+            select(_events.c.id)
             .where(_events.c.fanned_out.is_(False))
             .order_by(_events.c.created_at)
             .limit(limit)
         )
         if self._postgres:
             pick = pick.with_for_update(skip_locked=True)
-        events = (await self._conn.execute(pick)).all()
+        events = (
+            await self._conn.execute(
+                update(WebhookEvent)
+                .where(WebhookEvent.id.in_(pick.scalar_subquery()))
+                .values(fanned_out=True)
+                .returning(WebhookEvent.id, WebhookEvent.event_type, WebhookEvent.account_id)
+            )
+        ).all()
         if not events:
             return 0
         endpoints = await self.list_endpoints()
@@ -319,11 +331,6 @@ class WebhookRepository:
         ]
         if rows:
             await self.insert_deliveries(rows)
-        await self._conn.execute(
-            update(WebhookEvent)
-            .where(WebhookEvent.id.in_([event.id for event in events]))
-            .values(fanned_out=True)
-        )
         return len(events)
 
     async def insert_deliveries(self, rows: list[dict[str, Any]]) -> None:
