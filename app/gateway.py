@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import AsyncIterator, Mapping
@@ -139,12 +140,11 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
     destinations = DestinationPolicy(
         allow_http=settings.webhook_allow_http, allow_private=settings.webhook_allow_private
     )
-    webhook_client = make_client(
-        timeout_s=settings.webhook_timeout_s, ca_bundle=settings.webhook_ca_bundle
-    )
     dispatcher = Dispatcher(
         engine,
-        webhook_client,
+        functools.partial(
+            make_client, timeout_s=settings.webhook_timeout_s, ca_bundle=settings.webhook_ca_bundle
+        ),
         destinations=destinations,
         policy=DeliveryPolicy.from_settings(settings),
         clock=file_clock(settings.clock_file),
@@ -222,7 +222,7 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
         sweeper_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper_task
-        await webhook_client.aclose()
+        await dispatcher.aclose()
         await breaker.aclose()
         await ledger.wait_idle()  # settlements shielded from cancelled requests
         await rate_limiter.aclose()

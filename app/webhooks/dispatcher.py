@@ -119,7 +119,7 @@ class Dispatcher:
     def __init__(
         self,
         engine: AsyncEngine,
-        client: httpx.AsyncClient,
+        client: httpx.AsyncClient | Callable[[], httpx.AsyncClient],
         *,
         destinations: DestinationPolicy,
         policy: DeliveryPolicy,
@@ -128,7 +128,9 @@ class Dispatcher:
         owner: str | None = None,
     ) -> None:
         self._engine = engine
-        self.client = client
+        #: the client, or how to make it on the first send (TLS setup costs start-up CPU)
+        self._client = client if isinstance(client, httpx.AsyncClient) else None
+        self._make_client = None if isinstance(client, httpx.AsyncClient) else client
         self._destinations = destinations
         self.policy = policy
         self._clock = clock
@@ -138,6 +140,17 @@ class Dispatcher:
 
     def now(self) -> datetime:
         return self._clock()
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            assert self._make_client is not None
+            self._client = self._make_client()
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
 
     # events ------------------------------------------------------------------------------
     async def emit(self, draft: events.EventDraft) -> bool:
@@ -301,6 +314,9 @@ class Dispatcher:
         """The background loop of every replica, until `stop` is set (between passes)."""
         loop = asyncio.get_running_loop()
         next_scan = loop.time()
+        # the first pass waits one interval: start-up (and readiness) comes first
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=poll_interval_s)
         while not stop.is_set():
             try:
                 if loop.time() >= next_scan:
