@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.db.models import Account, ApiKey, KeyBudget, KeySpend, LedgerEntry, RequestLog
 from app.ledger import postgres_sql
 from app.ledger.records import AccountRecord, LedgerRow, utc_now
-from app.webhooks.repository import WebhookRepository
+from app.webhooks.outbox import OutboxRepository
 
 _LEDGER_COLUMNS = (
     LedgerEntry.id,
@@ -201,7 +201,7 @@ class LedgerRepository:
         if balance is None:
             return None
         if amount_micros < 0:
-            await WebhookRepository(self._conn).alert_if_crossed_below(
+            await OutboxRepository(self._conn).alert_if_crossed_below(
                 account_id=account_id,
                 balance_after_micros=balance,
                 debited_micros=-amount_micros,
@@ -256,7 +256,7 @@ class LedgerRepository:
         if balance is None:
             return None
         if hold.amount_micros > 0:
-            await WebhookRepository(self._conn).alert_if_crossed_below(
+            await OutboxRepository(self._conn).alert_if_crossed_below(
                 account_id=hold.account_id,
                 balance_after_micros=balance,
                 debited_micros=hold.amount_micros,

@@ -76,7 +76,7 @@ from app.ledger.refusals import account_not_found, hold_refusal, usd
 from app.ledger.repository import FinishedRequest, HoldRequest, LedgerRepository
 from app.pools import Occupancy
 from app.webhooks.events import EventDraft, budget_reached
-from app.webhooks.repository import WebhookRepository
+from app.webhooks.outbox import OutboxRepository
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -371,7 +371,7 @@ class Ledger:
         )
         try:
             async with self._transaction() as repo:
-                await WebhookRepository(repo.connection).insert_event(draft, now=self._clock())
+                await OutboxRepository(repo.connection).insert_event(draft, now=self._clock())
         except Exception:  # the client's 402 matters more than the notification
             logger.warning("ledger: could not record budget.reached for %s", hold, exc_info=True)
             return
@@ -442,7 +442,7 @@ class Ledger:
             for budget, (window, _) in zip(budgets, windows, strict=True):
                 if window not in took:
                     raise budget_exceeded(budget.period, budget.amount_micros, window)
-            webhooks = WebhookRepository(repo.connection)
+            webhooks = OutboxRepository(repo.connection)
             for budget, (window, limit) in zip(budgets, windows, strict=True):
                 if took[window] >= limit:  # used up exactly: announce it with this hold
                     await webhooks.insert_event(

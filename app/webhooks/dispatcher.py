@@ -44,6 +44,7 @@ from app.webhooks.destinations import (
     check_addresses,
     check_url_shape,
 )
+from app.webhooks.outbox import OutboxRepository
 from app.webhooks.repository import ClaimedAttempt, WebhookRepository
 
 logger = logging.getLogger(__name__)
@@ -156,7 +157,7 @@ class Dispatcher:
     async def emit(self, draft: events.EventDraft) -> bool:
         """Write one event to the outbox in its own transaction; False: a duplicate."""
         async with self._engine.begin() as conn:
-            return await WebhookRepository(conn).insert_event(draft, now=self._clock())
+            return await OutboxRepository(conn).insert_event(draft, now=self._clock())
 
     async def scan_expiring_keys(self) -> int:
         """Write `key.expiring` for keys expiring within the window; how many were new."""
@@ -167,7 +168,7 @@ class Dispatcher:
         new, after_id = 0, None
         while True:
             async with self._engine.connect() as conn:
-                found = await WebhookRepository(conn).keys_expiring(
+                found = await OutboxRepository(conn).keys_expiring(
                     now=now,
                     until=now + timedelta(seconds=window),
                     limit=_SCAN_BATCH,
@@ -183,10 +184,10 @@ class Dispatcher:
             after_id = found[-1][0]
 
     async def prune(self) -> int:
-        """Drop finished history older than the retention (see `WebhookRepository.prune`)."""
+        """Drop finished history older than the retention (see `OutboxRepository.prune`)."""
         before = self._clock() - timedelta(seconds=self.policy.retention_s)
         async with self._engine.begin() as conn:
-            return await WebhookRepository(conn).prune(before=before)
+            return await OutboxRepository(conn).prune(before=before)
 
     # deliveries --------------------------------------------------------------------------
     async def run_once(self) -> int:

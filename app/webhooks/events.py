@@ -64,11 +64,6 @@ class EventDraft:
     id: str = field(default_factory=new_event_id)
 
 
-def balance_dedupe_sql(account: str, threshold: str, epoch: str) -> str:
-    """SQL text of the once-per-credit dedupe key (see `app.ledger.postgres_sql`)."""
-    return f"'{BALANCE_BELOW_THRESHOLD}:' || {account} || ':' || {threshold} || ':' || {epoch}"
-
-
 def balance_dedupe_key(account_id: str, threshold_micros: int, epoch: int) -> str:
     """`epoch`: the id of the account's latest credit ledger row (0: none), so a top-up
     re-arms the alert; a changed threshold is a new key too."""

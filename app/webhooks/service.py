@@ -25,6 +25,7 @@ from app.errors import InvalidParameter, NotFound
 from app.webhooks import events
 from app.webhooks.destinations import DestinationPolicy, check_destination
 from app.webhooks.dispatcher import Dispatcher
+from app.webhooks.outbox import OutboxRepository
 from app.webhooks.repository import DeliveryRecord, EndpointRecord, WebhookRepository
 from app.webhooks.signing import generate_secret
 
@@ -153,7 +154,7 @@ class WebhookService:
         now = self._dispatcher.now()
         async with self._engine.begin() as conn:
             repo = WebhookRepository(conn)
-            await repo.insert_event(draft, now=now)
+            await OutboxRepository(conn).insert_event(draft, now=now)
             await repo.mark_fanned_out(draft.id)
             delivery_id = await repo.insert_delivery(
                 event_id=draft.id, endpoint_id=endpoint.id, now=now
