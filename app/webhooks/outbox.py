@@ -8,7 +8,7 @@ Postgres money statements write `balance.below_threshold` inside their own SQL
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 import orjson
 from sqlalchemy import delete, func, select
@@ -17,8 +17,12 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db.models import Account, ApiKey, LedgerEntry, WebhookDelivery, WebhookEvent
-from app.ledger.records import as_utc
 from app.webhooks.events import BALANCE_BELOW_THRESHOLD, EventDraft, balance_dedupe_key
+
+
+def as_utc(value: datetime) -> datetime:
+    """SQLite hands datetimes back naive; everything stored is UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class OutboxRepository:

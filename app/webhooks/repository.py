@@ -19,7 +19,7 @@ Times come from the caller's clock (injected in tests), written as UTC instants.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import orjson
@@ -33,7 +33,12 @@ from app.db.models import (
     WebhookEndpoint,
     WebhookEvent,
 )
-from app.ledger.records import as_utc
+
+
+def as_utc(value: datetime) -> datetime:
+    """SQLite hands datetimes back naive; everything stored is UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
 
 _endpoints = cast(Table, WebhookEndpoint.__table__)
 _events = cast(Table, WebhookEvent.__table__)
