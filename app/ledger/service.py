@@ -366,6 +366,10 @@ class Ledger:
         seen = (hold.key_id, refusal.window)
         if seen in self._announced:  # a key over budget keeps retrying: one insert is enough
             return
+        if len(self._announced) >= _ANNOUNCED_MEMORY:
+            self._announced.clear()
+        # claimed before the insert, so a burst of refusals makes one insert, not one each
+        self._announced.add(seen)
         draft = self._budget_event(
             hold, refusal.period, refusal.window, refusal.amount_micros, "refused"
         )
@@ -373,11 +377,8 @@ class Ledger:
             async with self._transaction() as repo:
                 await OutboxRepository(repo.connection).insert_event(draft, now=self._clock())
         except Exception:  # the client's 402 matters more than the notification
+            self._announced.discard(seen)  # the next refusal tries again
             logger.warning("ledger: could not record budget.reached for %s", hold, exc_info=True)
-            return
-        if len(self._announced) >= _ANNOUNCED_MEMORY:
-            self._announced.clear()
-        self._announced.add(seen)
 
     async def _explain_refused_hold(self, hold: HoldRequest) -> int:
         """Postgres, off the happy path: re-judge a refused hold under the account row lock.
