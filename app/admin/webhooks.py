@@ -18,20 +18,32 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal, Self
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
-from app.admin.deps import DEFAULT_PAGE_SIZE, Cursor, Limit, require_admin
+from app.admin.deps import (
+    DEFAULT_PAGE_SIZE,
+    Cursor,
+    Limit,
+    reject_unknown_query,
+    require_admin,
+)
 from app.admin.schemas import Page
+from app.api.openapi import error_responses
 from app.webhooks.repository import DeliveryRecord, EndpointRecord
 from app.webhooks.service import WebhookService
 
 router = APIRouter(
-    prefix="/admin/v1/webhooks", tags=["admin"], dependencies=[Depends(require_admin)]
+    prefix="/admin/v1/webhooks",
+    tags=["admin"],
+    dependencies=[Depends(require_admin), Depends(reject_unknown_query)],
+    responses=error_responses(400, 401, 404, 429, 503),
 )
 
 Url = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
 Description = Annotated[str, StringConstraints(max_length=500)]
+AccountId = Annotated[str, StringConstraints(min_length=1, max_length=40)]
+DeliveryId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
 def get_webhooks(request: Request) -> WebhookService:
@@ -50,7 +62,7 @@ class EndpointCreate(_Request):
     url: Url
     event_types: list[str]
     description: Description | None = None
-    account_id: str | None = None
+    account_id: AccountId | None = None
     enabled: bool = True
 
 
@@ -206,5 +218,5 @@ async def list_deliveries(
 
 
 @router.get("/deliveries/{delivery_id}")
-async def get_delivery(delivery_id: int, webhooks: WebhooksDep) -> DeliveryOut:
+async def get_delivery(delivery_id: DeliveryId, webhooks: WebhooksDep) -> DeliveryOut:
     return DeliveryOut.of(await webhooks.get_delivery(delivery_id))

@@ -4,9 +4,10 @@ An endpoint URL is operator input the gateway will POST to from inside its netwo
 classic SSRF shape (Standard Webhooks spec, "Server side request forgery"). So, like result
 downloads (`app.security.addresses`):
 - the scheme must be `https` (`GATEWAY_WEBHOOK_ALLOW_HTTP=true` admits `http` for tests/dev);
-- every address the host resolves to must be public, checked when the endpoint is saved AND
-  again before every attempt (DNS may change), unless `GATEWAY_WEBHOOK_ALLOW_PRIVATE=true`
-  (in-cluster receivers; the tests' loopback receiver);
+- every address the host resolves to must be public, checked before every attempt (DNS may
+  change), unless `GATEWAY_WEBHOOK_ALLOW_PRIVATE=true` (in-cluster receivers; the tests'
+  loopback receiver); when the endpoint is saved, a literal private address or a local name
+  (`localhost`, `*.local`) is refused at once, without a DNS lookup;
 - no credentials in the URL, and redirects are never followed (a 3xx is a failed attempt).
 
 The same DNS-rebinding limit as result downloads applies: check and connection resolve
@@ -15,6 +16,7 @@ separately; egress rules are the place for that guarantee.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -73,10 +75,26 @@ async def check_addresses(host: str, port: int, policy: DestinationPolicy) -> No
         )
 
 
-async def check_destination(url: str, policy: DestinationPolicy) -> None:
-    """At registration: the URL's shape and addresses, as a 400 naming `url`."""
-    host, port = check_url_shape(url, policy)
+#: names that are local by definition (RFC 6761 `localhost`, mDNS `.local`)
+_LOCAL_SUFFIXES = (".localhost", ".local")
+
+
+def check_destination(url: str, policy: DestinationPolicy) -> None:
+    """At registration: the URL's shape, and a literal address or a local name refused,
+    as a 400 naming `url`. Names are not resolved here (the admin API never waits on DNS,
+    and an answer can change anyway): every attempt resolves and checks them."""
+    host, _ = check_url_shape(url, policy)
+    if policy.allow_private:
+        return
+    name = host.lower().rstrip(".")
+    local = name == "localhost" or name.endswith(_LOCAL_SUFFIXES)
     try:
-        await check_addresses(host, port, policy)
-    except DestinationRefused as exc:
-        raise InvalidParameter(f"url refused: {exc}", param="url") from exc
+        literal = ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        literal = None
+    if local or (literal is not None and not is_public(str(literal))):
+        raise InvalidParameter(
+            f"url refused: {host} is a private, loopback or link-local address "
+            "(GATEWAY_WEBHOOK_ALLOW_PRIVATE is off)",
+            param="url",
+        )

@@ -71,7 +71,7 @@ class WebhookService:
         enabled: bool = True,
     ) -> EndpointRecord:
         """A new endpoint; its record carries the signing secret (show it once)."""
-        await check_destination(url, self._destinations)
+        check_destination(url, self._destinations)
         types = check_event_types(event_types)
         endpoint_id = new_endpoint_id()
         now = self._dispatcher.now()
@@ -124,7 +124,7 @@ class WebhookService:
     ) -> EndpointRecord:
         values: dict[str, object] = {}
         if url is not None:
-            await check_destination(url, self._destinations)
+            check_destination(url, self._destinations)
             values["url"] = url
         if event_types is not None:
             values["event_types"] = check_event_types(event_types)

@@ -120,7 +120,12 @@ async def test_bad_endpoints_are_400s_naming_the_field(
 
 async def test_private_addresses_need_the_operator_opt_in(hooks: Hooks) -> None:
     strict = WebhookService(hooks.engine, hooks.dispatcher, DestinationPolicy())
-    for url in ("https://127.0.0.1/h", "https://10.1.2.3/h", "https://[::1]/h"):
+    for url in (
+        "https://127.0.0.1/h",
+        "https://10.1.2.3/h",
+        "https://[::1]/h",
+        "https://localhost/h",
+    ):
         with pytest.raises(Exception, match="private, loopback") as refused:
             await strict.create_endpoint(url=url, event_types=["key.expiring"])
         assert getattr(refused.value, "param", None) == "url"
