@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 
 import httpx
 from sqlalchemy import select
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.adapters.base import AdapterContext, ImageAdapter
@@ -32,8 +31,8 @@ from app.catalog.loader import Catalog, load_catalog
 from app.catalog.reload import CatalogReloader, reload_on_sighup
 from app.db.engine import engine_for
 from app.db.models import Account
-from app.images.breaker import Breaker, Event, Transition, make_breaker
 from app.images.admission import Admissions
+from app.images.breaker import Breaker, Event, Transition, make_breaker
 from app.images.routing import Router
 from app.images.service import ImageLimits, ImageService
 from app.images.work import ImageWorkPool
@@ -117,7 +116,8 @@ async def warn_about_account_pricing(engine: AsyncEngine, catalog: Catalog) -> N
                     select(Account.id, Account.pricing).where(Account.pricing.is_not(None))
                 )
             ).all()
-    except DBAPIError:  # not migrated yet, say: readiness reports that
+    except Exception:  # not migrated yet, or unreachable: readiness reports that, not start-up
+        logger.info("account prices not checked against the catalog: database unavailable")
         return
     for account_id, text in rows:
         try:

@@ -63,8 +63,8 @@ from app.admin.schemas import (
 )
 from app.admin.service import CreditRequest, CreditService
 from app.api.openapi import error_responses
-from app.db.storable import utc_instant
 from app.catalog.account_pricing import parse_pricing
+from app.db.storable import utc_instant
 from app.errors import InvalidParameter
 
 router = APIRouter(
@@ -281,7 +281,6 @@ def _checked_pricing(raw: dict[str, Any] | None, request: Request) -> str | None
     except ValueError as exc:
         raise InvalidParameter(str(exc), param="pricing") from exc
     return pricing.to_json()
-
 
 
 # catalog ------------------------------------------------------------------------------

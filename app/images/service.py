@@ -47,8 +47,8 @@ from typing import Any, Final, TypeVar
 import orjson
 
 from app.adapters.base import ImageRequest, PartialSink
-from app.catalog.live import LiveCatalog
 from app.catalog.account_pricing import account_price
+from app.catalog.live import LiveCatalog
 from app.catalog.loader import Catalog
 from app.catalog.parameters import CompiledModel
 from app.errors import (
@@ -346,7 +346,9 @@ class ImageService:
             work=self._image_work,
         )
         images = images[: upstream.n]
-        cost = account_price(ctx.key.pricing, model).actual(upstream, [(i.width, i.height) for i in images], result.usage)
+        cost = account_price(ctx.key.pricing, model).actual(
+            upstream, [(i.width, i.height) for i in images], result.usage
+        )
         if cost > request.price:
             logger.error(
                 "request %s: model %s cost %d micro-dollars by the provider's usage, above its "
