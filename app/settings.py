@@ -125,7 +125,27 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=20, validation_alias="GATEWAY_DB_POOL_SIZE")
     db_pool_timeout_s: float = Field(default=30.0, validation_alias="GATEWAY_DB_POOL_TIMEOUT_S")
 
+    # Observability (`app.observability`)
     log_level: str = Field(default="info", validation_alias="GATEWAY_LOG_LEVEL")
+    #: `console` (human-readable) or `json` (one object per line, for log shippers)
+    log_format: Literal["console", "json"] = Field(
+        default="console", validation_alias="GATEWAY_LOG_FORMAT"
+    )
+    #: one line per request on the `image_gateway.access` logger
+    access_log: bool = Field(default=True, validation_alias="GATEWAY_ACCESS_LOG")
+    #: when set, GET /metrics needs `Authorization: Bearer <token>`
+    metrics_token: str | None = Field(default=None, validation_alias="GATEWAY_METRICS_TOKEN")
+    #: prometheus-client's multiprocess directory; `serve --workers N` sets it (see
+    #: `app.observability.multiproc`); read here only to know /metrics must merge the files
+    prometheus_multiproc_dir: Path | None = Field(
+        default=None, validation_alias="PROMETHEUS_MULTIPROC_DIR"
+    )
+    #: OpenTelemetry tracing is on when an OTLP/HTTP endpoint is set (standard variables)
+    otlp_endpoint: str | None = Field(default=None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")
+    otlp_traces_endpoint: str | None = Field(
+        default=None, validation_alias="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    )
+    otel_service_name: str = Field(default="image-gateway", validation_alias="OTEL_SERVICE_NAME")
 
     @field_validator("admin_token")
     @classmethod
@@ -139,6 +159,20 @@ class Settings(BaseSettings):
                 "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
             )
         return value
+
+    @field_validator("metrics_token", "prometheus_multiproc_dir", "otlp_endpoint", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @property
+    def otlp_traces_url(self) -> str | None:
+        """Where spans go (None: tracing off), by OTLP's endpoint rules."""
+        if self.otlp_traces_endpoint:
+            return self.otlp_traces_endpoint
+        if self.otlp_endpoint:
+            return self.otlp_endpoint.rstrip("/") + "/v1/traces"
+        return None
 
     @property
     def upstream_proxy_from_env(self) -> bool:

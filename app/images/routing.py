@@ -14,6 +14,11 @@ Each attempt is recorded in a `RouteTrace` ("openai:UPSTREAM_ERROR>fal:ok"), whi
 logs with the request. Only the final result is ever billed: failed attempts cost nothing,
 since the hold is settled once, on what the successful attempt delivered.
 
+Every attempt is observed in one place, `Router._attempt`: its time and outcome per provider
+(`image_gateway_upstream_duration_seconds`, `..._upstream_errors_total`), an `upstream
+<provider>` span when tracing is on, and the request's provider and upstream time for its
+access line (the gateway-added time is the request's time less this).
+
 `call_routes` keeps the plain fallback behaviour (no breaker, no retries) for callers that do
 not hold a `Router`.
 """
@@ -31,6 +36,8 @@ from app.adapters.base import AdapterResult, ImageAdapter, ImageRequest, Partial
 from app.catalog.schema import ModelConfig, ProviderConfig, RouteConfig
 from app.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from app.images.breaker import CircuitBreaker
+from app.observability import metrics, tracing
+from app.observability.facts import note_upstream
 
 logger = logging.getLogger(__name__)
 
@@ -165,16 +172,38 @@ class Router:
         left_s: float,
     ) -> AdapterResult:
         """One call; every failure comes out as an `UpstreamError` (or a non-upstream error)."""
-        timeout_s = min(providers[route.provider].timeout_s, left_s)
-        try:
-            async with asyncio.timeout(timeout_s):
-                result = await adapters[route.provider].generate(
-                    request, upstream_model=route.upstream_model or model_id, on_partial=on_partial
-                )
-        except TimeoutError as exc:
-            raise UpstreamTimeout(f"The provider did not answer within {timeout_s:g} s.") from exc
-        if not result.images:
-            raise UpstreamError("The provider returned no image.")
+        provider = route.provider
+        timeout_s = min(providers[provider].timeout_s, left_s)
+        started = time.perf_counter()
+        code: str | None = None
+        with tracing.span(
+            f"upstream {provider}", {"gateway.provider": provider, "gateway.model": model_id}
+        ) as span:
+            try:
+                try:
+                    async with asyncio.timeout(timeout_s):
+                        result = await adapters[provider].generate(
+                            request,
+                            upstream_model=route.upstream_model or model_id,
+                            on_partial=on_partial,
+                        )
+                except TimeoutError as exc:
+                    raise UpstreamTimeout(
+                        f"The provider did not answer within {timeout_s:g} s."
+                    ) from exc
+                if not result.images:
+                    raise UpstreamError("The provider returned no image.")
+            except GatewayError as exc:
+                code = exc.code
+                tracing.fail(span, code)
+                raise
+            except Exception:
+                code = "INTERNAL_ERROR"
+                raise
+            finally:
+                elapsed = time.perf_counter() - started
+                metrics.record_upstream(provider, elapsed, code)
+                note_upstream(provider, elapsed)
         return result
 
 

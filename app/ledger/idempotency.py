@@ -19,7 +19,7 @@ charged twice).
 Decisions: the hash covers method, path and body (not headers); a different body under the same
 key is 409 IDEMPOTENCY_KEY_REUSED even while the first is running; timestamps come from the
 Python clock (UTC) on both backends, so skew between processes only shifts a 24 h TTL by the
-skew.
+skew. Each replay is counted (`image_gateway_idempotency_replays_total`).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.db.models import IdempotencyRecord
 from app.errors import Conflict, InvalidParameter
 from app.ledger.records import utc_now
+from app.observability.metrics import IDEMPOTENCY_REPLAYS
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ class IdempotencyStore:
                     param="Idempotency-Key",
                 )
             if row.state == "done" and row.status_code is not None:
+                IDEMPOTENCY_REPLAYS.inc()
                 return StoredResponse(status_code=row.status_code, body=row.response_body or b"")
             raise Conflict(
                 "A request with this Idempotency-Key is still in progress; retry later",
