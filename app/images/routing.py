@@ -204,6 +204,13 @@ class Router:
                 elapsed = time.perf_counter() - started
                 metrics.record_upstream(provider, elapsed, code)
                 note_upstream(provider, elapsed)
+                logger.debug(
+                    "model %s: %s answered %s in %.0f ms",
+                    model_id,
+                    provider,
+                    code or "ok",
+                    elapsed * 1000,
+                )
         return result
 
 

@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.db.models import IdempotencyRecord
 from app.errors import Conflict, InvalidParameter
 from app.ledger.records import utc_now
+from app.observability.facts import note_replayed
 from app.observability.metrics import IDEMPOTENCY_REPLAYS
 
 logger = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ class IdempotencyStore:
                 )
             if row.state == "done" and row.status_code is not None:
                 IDEMPOTENCY_REPLAYS.inc()
+                note_replayed()
                 return StoredResponse(status_code=row.status_code, body=row.response_body or b"")
             raise Conflict(
                 "A request with this Idempotency-Key is still in progress; retry later",

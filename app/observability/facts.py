@@ -35,6 +35,8 @@ class RequestFacts:
     cost_micros: int | None = None
     images: int | None = None
     stream: bool = False
+    #: answered from a stored Idempotency-Key response
+    replayed: bool = False
 
 
 _current: ContextVar[RequestFacts | None] = ContextVar("request_facts", default=None)
@@ -70,6 +72,12 @@ def note_error(code: str) -> None:
     facts = _current.get()
     if facts is not None:
         facts.code = code
+
+
+def note_replayed() -> None:
+    facts = _current.get()
+    if facts is not None:
+        facts.replayed = True
 
 
 def note_settled(*, model: str, cost_micros: int, images: int, code: str | None) -> None:

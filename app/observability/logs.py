@@ -55,11 +55,15 @@ MIN_BASE64_RUN: Final = 200
 _BASE64_RUN: Final = re.compile(rf"[A-Za-z0-9+/_-]{{{MIN_BASE64_RUN},}}=*")
 _API_KEY: Final = re.compile(r"\bsk-[A-Za-z0-9_-]{20,}")
 _BEARER: Final = re.compile(r"(?i)\b(bearer\s+)[^\s\"',]+")
-#: attributes every LogRecord has; anything else came in through `extra=`
+#: attributes every LogRecord has; anything else came in through `extra=` (uvicorn adds a
+#: terminal-coloured copy of its messages, `color_message`, which is no field of ours)
 _STANDARD: Final = frozenset(
-    vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys() | {"message", "asctime"}
+    vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()
+    | {"message", "asctime", "color_message"}
 )
 _MARK: Final = "_image_gateway_handler"
+#: access fields the console message already shows
+_IN_MESSAGE: Final = frozenset({"event", "method", "path", "status", "code"})
 
 
 class Scrubber:
@@ -141,7 +145,7 @@ class ConsoleFormatter(logging.Formatter):
         if facts is not None and "request_id" not in extras:
             extras["request_id"] = facts.request_id
         for key, value in extras.items():
-            if value is not None and key not in ("event", "method", "path", "status", "code"):
+            if value is not None and value is not False and key not in _IN_MESSAGE:
                 text += f" {key}={value}"
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)

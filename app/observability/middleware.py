@@ -157,6 +157,7 @@ def access_fields(facts: RequestFacts, elapsed_s: float) -> dict[str, Any]:
         "model": facts.model,
         "provider": facts.provider,
         "stream": facts.stream,
+        "replayed": facts.replayed,
         "images": facts.images,
         "cost_usd": None if facts.cost_micros is None else micros_to_json(facts.cost_micros),
         "duration_ms": round(elapsed_s * 1000, 1),
