@@ -26,11 +26,23 @@ before prometheus-client is imported, which is why the supervisor sets it, not t
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
-import prometheus_client
-from prometheus_client import (
+
+def _ensure_multiproc_dir() -> None:
+    """prometheus-client reads PROMETHEUS_MULTIPROC_DIR itself, at import, and the first metric
+    defined below would fail on a missing directory, crashing every command (the CLI too)."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+
+
+_ensure_multiproc_dir()
+
+import prometheus_client  # noqa: E402  (after the directory exists)
+from prometheus_client import (  # noqa: E402
     CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
@@ -39,9 +51,9 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector  # noqa: E402
 
-from app.observability.facts import RequestFacts
+from app.observability.facts import RequestFacts  # noqa: E402
 
 # `*_created` series double the output and no dashboard reads them
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -137,6 +149,27 @@ EVENT_LOOP_LAG = Histogram(
     buckets=_LAG_BUCKETS,
 )
 
+
+class _Children:
+    """A metric's labelled children, cached: `.labels()` validates and takes a lock on every
+    call, a few microseconds the per-request path need not pay (label sets are bounded)."""
+
+    def __init__(self, metric: Counter | Gauge | Histogram) -> None:
+        self._metric = metric
+        self._cache: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._cache.get(values)
+        if child is None:
+            child = self._cache[values] = self._metric.labels(*values)
+        return child
+
+
+requests_child = _Children(REQUESTS)
+duration_child = _Children(REQUEST_DURATION)
+in_flight_child = _Children(IN_FLIGHT)
+streams_child = _Children(STREAMS_IN_FLIGHT)
+
 _SETTLE = LEDGER_OPERATIONS.labels("settle")
 _REFUND = LEDGER_OPERATIONS.labels("refund")
 _HOLD = LEDGER_OPERATIONS.labels("hold")
@@ -144,10 +177,9 @@ _SWEEP = LEDGER_OPERATIONS.labels("sweep")
 
 
 def record_request(facts: RequestFacts, elapsed_s: float) -> None:
-    REQUESTS.labels(
-        facts.endpoint, facts.model or "", str(facts.status or 0), facts.code or ""
-    ).inc()
-    REQUEST_DURATION.labels(facts.endpoint).observe(max(0.0, elapsed_s - facts.upstream_s))
+    status = str(facts.status or 0)
+    requests_child(facts.endpoint, facts.model or "", status, facts.code or "").inc()
+    duration_child(facts.endpoint).observe(max(0.0, elapsed_s - facts.upstream_s))
 
 
 def record_hold() -> None:

@@ -67,57 +67,69 @@ class ObservabilityMiddleware:
         if scope["type"] != "http" or scope["path"] in UNOBSERVED:
             await self.app(scope, receive, send)
             return
-        state = scope.get("state", {})
-        endpoint = endpoint_of(scope["path"])
+        path = scope["path"]
         facts = RequestFacts(
-            request_id=state.get("request_id", ""),
+            request_id=scope.get("state", {}).get("request_id", ""),
             method=scope["method"],
-            path=scope["path"],
-            endpoint=endpoint,
+            path=path,
+            endpoint=endpoint_of(path),
         )
         token = open_facts(facts)
-        in_flight = metrics.IN_FLIGHT.labels(endpoint)
+        in_flight = metrics.in_flight_child(facts.endpoint)
         in_flight.inc()
         started = time.perf_counter()
-
-        async def observed_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                facts.status = message["status"]
-                if _is_event_stream(message):
-                    facts.stream = True
-                    metrics.STREAMS_IN_FLIGHT.labels(endpoint).inc()
-            await send(message)
-
         try:
-            with tracing.span(
-                f"{scope['method']} {scope['path']}",
-                {"http.request.method": scope["method"], "url.path": scope["path"]},
-                kind=SpanKind.SERVER,
-                headers=_headers(scope) if tracing.enabled() else None,
-            ) as span:
-                try:
-                    await self.app(scope, receive, observed_send)
-                except BaseException:
-                    if facts.status is None:
-                        facts.status = 500
-                        facts.code = facts.code or "INTERNAL_ERROR"
-                    raise
-                finally:
-                    if span is not None:
-                        _describe(span, facts)
+            if tracing.enabled():
+                await self._traced(scope, receive, send, facts)
+            else:
+                await self._observed(scope, receive, send, facts)
         finally:
             if facts.status is None:  # cancelled before answering: the client went away
                 facts.status, facts.code = 499, facts.code or "CLIENT_CLOSED"
             elapsed = time.perf_counter() - started
             in_flight.dec()
             if facts.stream:
-                metrics.STREAMS_IN_FLIGHT.labels(endpoint).dec()
+                metrics.streams_child(facts.endpoint).dec()
             metrics.record_request(facts, elapsed)
             if self.access_log and access_logger.isEnabledFor(logging.INFO):
                 access_logger.info(
                     _access_message(facts, elapsed), extra=access_fields(facts, elapsed)
                 )
             close_facts(token)
+
+    async def _observed(
+        self, scope: Scope, receive: Receive, send: Send, facts: RequestFacts
+    ) -> None:
+        async def observed_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                facts.status = message["status"]
+                if _is_event_stream(message):
+                    facts.stream = True
+                    metrics.streams_child(facts.endpoint).inc()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed_send)
+        except BaseException:
+            if facts.status is None:
+                facts.status = 500
+                facts.code = facts.code or "INTERNAL_ERROR"
+            raise
+
+    async def _traced(
+        self, scope: Scope, receive: Receive, send: Send, facts: RequestFacts
+    ) -> None:
+        with tracing.span(
+            f"{facts.method} {facts.path}",
+            {"http.request.method": facts.method, "url.path": facts.path},
+            kind=SpanKind.SERVER,
+            headers=_headers(scope),
+        ) as span:
+            try:
+                await self._observed(scope, receive, send, facts)
+            finally:
+                if span is not None:
+                    _describe(span, facts)
 
 
 def _headers(scope: Scope) -> dict[str, str]:
