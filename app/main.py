@@ -27,8 +27,14 @@ from app.observability import tracing
 from app.observability.middleware import ObservabilityMiddleware
 from app.observability.runtime import sampling
 from app.observability.setup import configure_process_logging
+from app.pools import PoolGauge
 from app.settings import Settings, get_settings
 from app.tuning import apply_process_tuning
+
+
+def _pools(app: FastAPI) -> list[PoolGauge]:
+    gateway = getattr(app.state, "gateway", None)
+    return gateway.pools if gateway is not None else []
 
 
 def serve_app() -> FastAPI:
@@ -48,7 +54,9 @@ def create_app(settings: Settings | None = None, *, own_process: bool = False) -
         if traces_url is not None:
             tracing.start_tracing(traces_url, service_name=settings.otel_service_name)
         try:
-            async with open_gateway(settings) as gateway, sampling(lambda: gateway.pools):
+            # the sampler outlives the gateway: stopping it must not yield to the loop before
+            # the gateway has stopped its sweeper (a sweep cut off mid-connect leaks a thread)
+            async with sampling(lambda: _pools(app)), open_gateway(settings) as gateway:
                 if own_process:  # the catalog's provider keys join the scrubbed secrets
                     catalog = gateway.catalog
                     providers = {**catalog.declared_providers, **catalog.providers}
