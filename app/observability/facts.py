@@ -18,6 +18,8 @@ from dataclasses import dataclass
 @dataclass(slots=True)
 class RequestFacts:
     request_id: str
+    #: the client's own `x-request-id`, echoed back to it instead of ours (None: not sent)
+    client_request_id: str | None
     method: str
     path: str
     #: the metrics label for the path ("generations", "models", "admin", ...)

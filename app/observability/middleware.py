@@ -68,8 +68,10 @@ class ObservabilityMiddleware:
             await self.app(scope, receive, send)
             return
         path = scope["path"]
+        state = scope.get("state", {})
         facts = RequestFacts(
-            request_id=scope.get("state", {}).get("request_id", ""),
+            request_id=state.get("request_id", ""),
+            client_request_id=state.get("client_request_id"),
             method=scope["method"],
             path=path,
             endpoint=endpoint_of(path),
@@ -159,6 +161,7 @@ def access_fields(facts: RequestFacts, elapsed_s: float) -> dict[str, Any]:
     return {
         "event": "access",
         "request_id": facts.request_id,
+        "client_request_id": facts.client_request_id,
         "method": facts.method,
         "path": facts.path,
         "endpoint": facts.endpoint,

@@ -24,7 +24,9 @@ def access_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
 def test_one_line_per_request_with_its_facts(env: Env, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger=ACCESS_LOGGER)
     client = env.client()
-    ok = client.images.with_raw_response.generate(model="gpt-image-1", prompt="a", quality="low")
+    ok = client.images.with_raw_response.generate(
+        model="gpt-image-1", prompt="a", quality="low", extra_headers={"x-request-id": "trace-7"}
+    )
     with pytest.raises(openai.BadRequestError):
         client.images.generate(model="local-preview", prompt="a", size="13x13")
     models = httpx.get(
@@ -35,7 +37,8 @@ def test_one_line_per_request_with_its_facts(env: Env, caplog: pytest.LogCapture
     lines = access_lines(caplog)
     assert len(lines) == 3
     success, refused, listing = lines
-    assert success["request_id"] == ok.headers["x-request-id"]
+    assert ok.headers["x-request-id"] == success["client_request_id"] == "trace-7"
+    assert success["request_id"].startswith("req_")  # ours, as in the request log
     assert (success["status"], success["code"]) == (200, None)
     assert (success["key_id"], success["account_id"]) == (env.key_id, env.account_id)
     assert (success["model"], success["provider"]) == ("gpt-image-1", "mockai")

@@ -51,7 +51,7 @@ def record(message: str, *args: object, **extra: object) -> logging.LogRecord:
 
 def test_json_lines_carry_fields_request_id_and_scrubbed_tracebacks() -> None:
     formatter = JsonFormatter(Scrubber([ADMIN]))
-    token = open_facts(RequestFacts("req_1", "POST", "/v1/x", "other"))
+    token = open_facts(RequestFacts("req_1", None, "POST", "/v1/x", "other"))
     try:
         try:
             raise RuntimeError(f"statement failed with parameters ({BASE64!r}, {ADMIN!r})")
