@@ -39,23 +39,25 @@ def wipe(directory: Path) -> None:
 @contextlib.contextmanager
 def metrics_directory(*, workers: int, configured: Path | None) -> Iterator[Path | None]:
     """Prepare the directory for this run (see the module docstring); the workers inherit it
-    through the environment, which is why this sets `os.environ`."""
+    through the environment, which is why this sets `os.environ` (restored on exit)."""
+    if configured is None and workers <= 1:
+        yield None
+        return
+    previous = os.environ.get(ENV)
+    directory = configured or Path(tempfile.mkdtemp(prefix="image-gateway-metrics-"))
     if configured is not None:
         configured.mkdir(parents=True, exist_ok=True)
         wipe(configured)
-        os.environ[ENV] = str(configured)
-        yield configured
-        return
-    if workers <= 1:
-        yield None
-        return
-    directory = Path(tempfile.mkdtemp(prefix="image-gateway-metrics-"))
     os.environ[ENV] = str(directory)
     try:
         yield directory
     finally:
-        os.environ.pop(ENV, None)
-        shutil.rmtree(directory, ignore_errors=True)
+        if previous is None:
+            os.environ.pop(ENV, None)
+        else:
+            os.environ[ENV] = previous
+        if configured is None:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def worker_died(pid: int, directory: Path | None) -> None:

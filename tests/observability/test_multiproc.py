@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,12 @@ from app.observability.multiproc import ENV, metrics_directory
 
 
 @pytest.fixture(autouse=True)
-def keep_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(ENV, raising=False)  # restored afterwards by monkeypatch
+def keep_environment() -> Iterator[None]:
+    saved = os.environ.pop(ENV, None)
+    yield
+    assert ENV not in os.environ, "metrics_directory left the variable set"
+    if saved is not None:
+        os.environ[ENV] = saved
 
 
 def test_one_worker_without_a_directory_keeps_metrics_in_process() -> None:
@@ -46,6 +51,8 @@ def test_a_configured_directory_is_created_and_wiped_of_an_old_run(tmp_path: Pat
         assert directory == configured
         assert os.environ[ENV] == str(configured)
         assert not (configured / "counter_99.db").exists()
+        (configured / "counter_100.db").write_bytes(b"this run's counts")
+    assert (configured / "counter_100.db").exists()  # the operator's directory is kept
     assert (configured / "README").exists()  # only prometheus-client's files are removed
     fresh = tmp_path / "created"
     with metrics_directory(workers=2, configured=fresh):
