@@ -18,20 +18,23 @@ import asyncio
 from functools import cache
 from typing import Final
 
-from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.catalog.loader import Catalog
-from app.db.migrate import alembic_config
 
 TIMEOUT_S: Final = 2.0
 
 
 @cache
 def code_heads() -> frozenset[str]:
-    """The Alembic head revision(s) of the migrations shipped with this code (read once)."""
+    """The Alembic head revision(s) of the migrations shipped with this code (read once, at
+    the first probe: Alembic stays out of the app's import time)."""
+    from alembic.script import ScriptDirectory
+
+    from app.db.migrate import alembic_config
+
     return frozenset(ScriptDirectory.from_config(alembic_config("sqlite://")).get_heads())
 
 
