@@ -19,6 +19,7 @@ from app.admin.endpoints import router as admin_router
 from app.api.errors import register_error_handlers
 from app.api.images import router as images_router
 from app.api.models import router as models_router
+from app.api.openapi import install_openapi
 from app.api.operations import router as operations_router
 from app.api.request_id import RequestIdMiddleware
 from app.api.usage import router as usage_router
@@ -71,7 +72,7 @@ def create_app(settings: Settings | None = None, *, own_process: bool = False) -
         title="image-gateway",
         version=__version__,
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # served by install_openapi, with local assets
         redoc_url=None,
     )
     app.state.settings = settings
@@ -79,8 +80,10 @@ def create_app(settings: Settings | None = None, *, own_process: bool = False) -
     app.include_router(images_router)
     app.include_router(models_router)
     app.include_router(usage_router)
-    app.include_router(admin_router)
+    # the admin API answers 404 when it is off (require_admin); it is not documented then
+    app.include_router(admin_router, include_in_schema=bool(settings.admin_token))
     app.include_router(operations_router)
+    install_openapi(app)
 
     app.add_middleware(ObservabilityMiddleware, access_log=settings.access_log)
     app.add_middleware(RequestIdMiddleware)  # outermost: the request id exists for the above
