@@ -9,8 +9,10 @@ Both are sized for image workloads by default (`Settings.upstream_max_connection
     image_gateway_pool_size{pool="upstream"|"database"}
     image_gateway_pool_in_use{pool=...}
     image_gateway_pool_waiting{pool=...}      # > 0 for long: raise the pool size
+    image_gateway_pool_waits_total{pool=...}  # callers that found the pool full
 
-(`Gateway.pools`, read at scrape time: no per-request cost). A pool that makes requests wait
+(`Gateway.pools`, sampled twice a second by `app.observability.runtime`: no per-request cost
+beyond an integer increment when a caller has to wait). A pool that makes requests wait
 also logs one warning a minute, so the signal exists without a metrics stack.
 """
 
@@ -34,6 +36,8 @@ class PoolGauge:
     size: int
     in_use: Callable[[], int]
     waiting: Callable[[], int]
+    #: callers so far that found the pool full (a running total)
+    waits: Callable[[], int]
 
 
 @dataclass(slots=True)
@@ -43,11 +47,14 @@ class Occupancy:
     name: str
     size: int
     active: int = 0
+    #: callers so far that entered a full pool and had to wait
+    waited: int = 0
     _warned_at: float = field(default=-_WARN_EVERY_S)
 
     def enter(self) -> None:
         self.active += 1
         if self.active > self.size:
+            self.waited += 1
             now = time.monotonic()
             if now - self._warned_at >= _WARN_EVERY_S:
                 self._warned_at = now
@@ -68,5 +75,8 @@ class Occupancy:
     def waiting(self) -> int:
         return max(0, self.active - self.size)
 
+    def waits(self) -> int:
+        return self.waited
+
     def gauge(self) -> PoolGauge:
-        return PoolGauge(self.name, self.size, self.in_use, self.waiting)
+        return PoolGauge(self.name, self.size, self.in_use, self.waiting, self.waits)

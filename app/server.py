@@ -6,7 +6,11 @@ setup is one `error:` line and exit 2, never a banner followed by a traceback.
 
 `--workers N` runs N uvicorn worker processes on one socket. SIGHUP to the parent is passed
 on to every worker, each of which reloads the catalog in place (`app.catalog.reload`), instead
-of uvicorn's default of restarting them.
+of uvicorn's default of restarting them. With N > 1 the workers share a Prometheus metrics
+directory (`app.observability.multiproc`), created before they start and removed at exit.
+
+Logging is the gateway's own (`app.observability.logs`), in the supervisor and in every worker;
+uvicorn's log config and access log are off (the gateway writes one access line per request).
 """
 
 from __future__ import annotations
@@ -15,12 +19,15 @@ import asyncio
 import logging
 import os
 import signal
+from pathlib import Path
 
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
 from app.bootstrap import demo_banner, ensure_demo_key
 from app.db.migrate import upgrade
+from app.observability.multiproc import metrics_directory, worker_died
+from app.observability.setup import configure_process_logging
 from app.preflight import check_catalog, check_services
 from app.settings import Settings
 
@@ -31,7 +38,17 @@ WORKER_HEALTHCHECK_S = 30
 
 
 class _ForwardHup(Multiprocess):
-    """uvicorn's supervisor, but SIGHUP reloads each worker's catalog instead of restarting it."""
+    """uvicorn's supervisor, but SIGHUP reloads each worker's catalog instead of restarting it,
+    and a worker that is gone has its live metrics gauges dropped."""
+
+    metrics_dir: Path | None = None
+
+    def keep_subprocess_alive(self) -> None:
+        before = {process.pid for process in self.processes}
+        super().keep_subprocess_alive()
+        for pid in before - {process.pid for process in self.processes}:
+            if pid is not None:
+                worker_died(pid, self.metrics_dir)
 
     def handle_hup(self) -> None:
         """Pass SIGHUP on to every worker that has finished starting. A worker still starting
@@ -71,9 +88,7 @@ def preflight(settings: Settings) -> None:
 def run_server(
     settings: Settings, host: str, port: int, workers: int = 1, access_log: bool = False
 ) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
-    )
+    configure_process_logging(settings)
     preflight(settings)
     upgrade(settings.database_url)
     if workers > 1:
@@ -85,7 +100,7 @@ def run_server(
         admin_enabled = bool(settings.admin_token)
         print(demo_banner(demo, host, port, admin_enabled=admin_enabled), flush=True)
     config = uvicorn.Config(
-        "app.main:create_app",
+        "app.main:serve_app",
         factory=True,
         host=host,
         port=port,
@@ -97,8 +112,14 @@ def run_server(
         access_log=access_log,
         proxy_headers=True,
         server_header=False,
+        log_config=None,  # the gateway's handlers (configured above and in each worker)
     )
-    if workers > 1:
-        _ForwardHup(config, sockets=[config.bind_socket()]).run()
-    else:
-        uvicorn.Server(config).run()
+    with metrics_directory(
+        workers=workers, configured=settings.prometheus_multiproc_dir
+    ) as metrics_dir:
+        if workers > 1:
+            supervisor = _ForwardHup(config, sockets=[config.bind_socket()])
+            supervisor.metrics_dir = metrics_dir
+            supervisor.run()
+        else:
+            uvicorn.Server(config).run()

@@ -23,6 +23,7 @@ DEFAULT_SQLITE_PATH = Path("data") / "image-gateway.db"
 #: the admin token guards every balance: short enough to guess is refused at start-up
 MIN_ADMIN_TOKEN_CHARS = 32
 DEFAULT_CONFIG_PATH = Path("config") / "models.yaml"
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
 class LogLevel(StrEnum):
@@ -249,6 +250,27 @@ class Settings(BaseSettings):
             raise ValueError(f"GATEWAY_WEBHOOK_CA_BUNDLE: no such file: {self.webhook_ca_bundle}")
         return self
 
+    # Observability (`app.observability`)
+    #: `console` (human-readable) or `json` (one object per line, for log shippers)
+    log_format: Literal["console", "json"] = Field(
+        default="console", validation_alias="GATEWAY_LOG_FORMAT"
+    )
+    #: one line per request on the `image_gateway.access` logger
+    access_log: bool = Field(default=True, validation_alias="GATEWAY_ACCESS_LOG")
+    #: when set, GET /metrics needs `Authorization: Bearer <token>`
+    metrics_token: str | None = Field(default=None, validation_alias="GATEWAY_METRICS_TOKEN")
+    #: prometheus-client's multiprocess directory; `serve --workers N` sets it (see
+    #: `app.observability.multiproc`); read here only to know /metrics must merge the files
+    prometheus_multiproc_dir: Path | None = Field(
+        default=None, validation_alias="PROMETHEUS_MULTIPROC_DIR"
+    )
+    #: OpenTelemetry tracing is on when an OTLP/HTTP endpoint is set (standard variables)
+    otlp_endpoint: str | None = Field(default=None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")
+    otlp_traces_endpoint: str | None = Field(
+        default=None, validation_alias="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    )
+    otel_service_name: str = Field(default="image-gateway", validation_alias="OTEL_SERVICE_NAME")
+
     @field_validator("admin_token")
     @classmethod
     def _strong_admin_token(cls, value: str | None) -> str | None:
@@ -261,6 +283,28 @@ class Settings(BaseSettings):
                 "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
             )
         return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.strip().lower()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"GATEWAY_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+        return level
+
+    @field_validator("metrics_token", "prometheus_multiproc_dir", "otlp_endpoint", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @property
+    def otlp_traces_url(self) -> str | None:
+        """Where spans go (None: tracing off), by OTLP's endpoint rules."""
+        if self.otlp_traces_endpoint:
+            return self.otlp_traces_endpoint
+        if self.otlp_endpoint:
+            return self.otlp_endpoint.rstrip("/") + "/v1/traces"
+        return None
 
     @property
     def upstream_proxy_from_env(self) -> bool:

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from app.errors import PayloadTooLarge
 from app.gateway import Gateway
 from app.keys.auth import AuthenticatedKey
+from app.observability.facts import note_key
 from app.security.throttle import client_address
 
 
@@ -20,9 +21,11 @@ async def get_gateway(request: Request) -> Gateway:
 
 async def get_current_key(request: Request) -> AuthenticatedKey:
     gateway: Gateway = request.app.state.gateway
-    return await gateway.authenticator.authenticate(
+    key = await gateway.authenticator.authenticate(
         request.headers.get("authorization"), address=client_address(request)
     )
+    note_key(key_id=key.key_id, account_id=key.account_id)
+    return key
 
 
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]

@@ -32,11 +32,14 @@ from app.errors import (
     InvalidRequest,
     NotFound,
 )
+from app.observability.facts import note_error
+from app.observability.metrics import DATABASE_ERRORS
 
 logger = logging.getLogger(__name__)
 
 
 def error_response(error: GatewayError) -> Response:
+    note_error(error.code)  # for the access line and the request metrics
     return Response(
         orjson.dumps(error.body()),
         status_code=error.status,
@@ -93,6 +96,7 @@ def register_error_handlers(app: FastAPI) -> None:
     async def on_database_error(_: Request, exc: Exception) -> Response:
         if is_outage(exc):
             logger.error("database unavailable: %s", type(exc).__name__)
+            DATABASE_ERRORS.inc()
             return error_response(DatabaseUnavailable())
         code = sqlstate(exc) or ""
         if isinstance(exc, IntegrityError | DataError) or code[:2] in ("22", "23"):

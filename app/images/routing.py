@@ -15,6 +15,11 @@ request's admission keeps and the ledger writes into the request log (`request_l
 the settle. Only the final result is ever billed: failed attempts cost nothing, since the hold
 is settled once, on what the successful attempt delivered. One `Router` serves the process
 (built in `app.gateway.open_gateway`), so its breaker sees every request's attempts.
+
+Every attempt is observed in one place, `Router._attempt`: its time and outcome per provider
+(`image_gateway_upstream_duration_seconds`, `..._upstream_errors_total`), an `upstream
+<provider>` span when tracing is on, and the request's provider and upstream time for its
+access line (the gateway-added time is the request's time less this).
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ from app.adapters.upstream_http import hide_addresses, host_of
 from app.catalog.schema import ModelConfig, ProviderConfig, RouteConfig
 from app.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from app.images.breaker import Breaker, CircuitBreaker
+from app.observability import metrics, tracing
+from app.observability.facts import note_upstream
 
 logger = logging.getLogger(__name__)
 
@@ -172,23 +179,49 @@ class Router:
         left_s: float,
     ) -> AdapterResult:
         """One call; every failure comes out as an `UpstreamError` (or a non-upstream error)."""
-        provider = providers[route.provider]
-        timeout_s = min(provider.timeout_s, left_s)
-        try:
-            async with asyncio.timeout(timeout_s):
-                result = await adapters[route.provider].generate(
-                    request, upstream_model=route.upstream_model or model_id, on_partial=on_partial
+        provider = route.provider
+        timeout_s = min(providers[provider].timeout_s, left_s)
+        started = time.perf_counter()
+        code: str | None = None
+        with tracing.span(
+            f"upstream {provider}", {"gateway.provider": provider, "gateway.model": model_id}
+        ) as span:
+            try:
+                try:
+                    async with asyncio.timeout(timeout_s):
+                        result = await adapters[provider].generate(
+                            request,
+                            upstream_model=route.upstream_model or model_id,
+                            on_partial=on_partial,
+                        )
+                except TimeoutError as exc:
+                    raise UpstreamTimeout(
+                        f"The provider did not answer within {timeout_s:g} s."
+                    ) from exc
+                if not result.images:
+                    raise UpstreamError("The provider returned no image.")
+            except GatewayError as exc:
+                code = exc.code
+                tracing.fail(span, code)
+                # the adapter's message names the provider's host, for the logs; clients get
+                # it without any address (SPEC 2: an internal host or port is not theirs to see)
+                logger.info("model %s: %s: %s", model_id, provider, exc.message)
+                exc.message = hide_addresses(exc.message, _hosts_of(providers[provider]))
+                raise
+            except Exception:
+                code = "INTERNAL_ERROR"
+                raise
+            finally:
+                elapsed = time.perf_counter() - started
+                metrics.record_upstream(provider, elapsed, code)
+                note_upstream(provider, elapsed)
+                logger.debug(
+                    "model %s: %s answered %s in %.0f ms",
+                    model_id,
+                    provider,
+                    code or "ok",
+                    elapsed * 1000,
                 )
-        except TimeoutError as exc:
-            raise UpstreamTimeout(f"The provider did not answer within {timeout_s:g} s.") from exc
-        except GatewayError as exc:
-            # the adapter's message names the provider's host, for the logs; clients get it
-            # without any address (SPEC 2: an internal host or port is not theirs to see)
-            logger.info("model %s: %s: %s", model_id, route.provider, exc.message)
-            exc.message = hide_addresses(exc.message, _hosts_of(provider))
-            raise
-        if not result.images:
-            raise UpstreamError("The provider returned no image.")
         return result
 
 

@@ -28,7 +28,8 @@ Decisions: the hash covers method, path and body (not headers); a different body
 key is 409 IDEMPOTENCY_KEY_REUSED even while the first is running; timestamps come from the
 Python clock (UTC) on both backends, so skew between processes only shifts a lease or a 24 h
 TTL by the skew. Rows written before the fencing columns existed (no lease) fall back to
-`created_at + lease_s`.
+`created_at + lease_s`. Each replay is counted
+(`image_gateway_idempotency_replays_total`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.db.models import IdempotencyRecord
 from app.errors import Conflict, InvalidParameter
 from app.ledger.records import utc_now
+from app.observability.facts import note_replayed
+from app.observability.metrics import IDEMPOTENCY_REPLAYS
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +129,8 @@ class IdempotencyStore:
                     param="Idempotency-Key",
                 )
             if row.state == "done" and row.status_code is not None:
+                IDEMPOTENCY_REPLAYS.inc()
+                note_replayed()
                 return StoredResponse(status_code=row.status_code, body=row.response_body or b"")
             raise Conflict(
                 "A request with this Idempotency-Key is still in progress; retry later",

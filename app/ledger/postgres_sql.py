@@ -138,7 +138,7 @@ logged AS (
            :note
     FROM finished AS f CROSS JOIN refunded AS r
 )
-SELECT f.held_micros, f.cost_micros, r.refund, r.balance_micros AS balance_after
+SELECT f.held_micros, f.cost_micros, f.model, r.refund, r.balance_micros AS balance_after
 FROM finished AS f LEFT JOIN refunded AS r ON true"""
 
 CREDIT_SQL = f"""\

@@ -66,6 +66,8 @@ class FinishedRequest:
     cost_micros: int
     refund_micros: int
     balance_after_micros: int | None
+    #: the request's model (for the per-model metrics)
+    model: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,6 +366,7 @@ class LedgerRepository:
                 cost_micros=int(row.cost_micros),
                 refund_micros=int(row.refund or 0),
                 balance_after_micros=None if row.balance_after is None else int(row.balance_after),
+                model=row.model,
             )
         clamped = case(
             (RequestLog.held_micros < cost_micros, RequestLog.held_micros), else_=cost_micros
@@ -423,6 +426,7 @@ class LedgerRepository:
             cost_micros=int(finished.cost_micros),
             refund_micros=max(refund, 0),
             balance_after_micros=balance,
+            model=finished.model,
         )
 
     async def request_state(self, request_id: str) -> str | None:

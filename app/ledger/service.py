@@ -38,6 +38,9 @@ Decisions the spec leaves open:
   A refused budget is 402 BUDGET_EXCEEDED (checked before the balance: the budget is the
   narrower, the key-holder's own limit). A hold of 0 counts against nothing.
 - `updated_at` tracks admin edits (name, status), not balance movements.
+- Observability (`app.observability`): each successful hold, each settle (and its refund) and
+  each swept hold is counted, settled images and cost by model; hold and settle are spans
+  when tracing is on, and the current request's facts learn its model, cost and code here.
 - settle runs shielded from cancellation (a client hanging up still gets its refund at once;
   `wait_idle()` at shutdown). hold is not shielded: a cancelled hold that did commit is an
   unsettled `pending` request, refunded by the sweeper; so the hold timeout must exceed the
@@ -78,6 +81,8 @@ from app.ledger.records import AccountRecord, LedgerRow, SettleOutcome, SettleSt
 from app.ledger.refusals import account_not_found, hold_refusal, key_refusal, usd
 from app.ledger.repository import FinishedRequest, HoldRequest, LedgerRepository
 from app.money import MAX_AMOUNT_MICROS, MoneyError, check_amount, max_usd_text
+from app.observability import metrics, tracing
+from app.observability.facts import note_model, note_settled
 from app.pools import Occupancy
 from app.webhooks.events import EventDraft, budget_reached
 from app.webhooks.outbox import OutboxRepository
@@ -130,6 +135,7 @@ def _database_errors() -> Iterator[None]:
     except Exception as exc:
         if not is_outage(exc) or _is_deadlock(exc):
             raise
+        metrics.DATABASE_ERRORS.inc()
         logger.error("ledger: database unavailable: %r", exc)
         raise DatabaseUnavailable() from exc
 
@@ -330,6 +336,18 @@ class Ledger:
             client_request_id=client_request_id,
             key_hash=key_hash,
         )
+        note_model(model)
+        attributes: tracing.Attributes = {
+            "gateway.model": model,
+            "gateway.amount_micros": amount_micros,
+        }
+        with tracing.span("ledger.hold", attributes):
+            balance = await self._hold(hold)
+        metrics.record_hold()
+        return balance
+
+    async def _hold(self, hold: HoldRequest) -> int:
+        request_id, account_id, key_id = hold.request_id, hold.account_id, hold.key_id
         try:
             return await self._hold(request)
         except BudgetRefused as refusal:
@@ -506,21 +524,32 @@ class Ledger:
             note = f"unused part of the hold ({images} image(s) delivered)"
         else:
             note = f"request failed ({error_code or status_code})"
-        finished = await self._shielded(
-            self._finish(
-                request_id=request_id,
-                new_state="settled",
-                cost_micros=cost_micros,
-                images=images,
-                status_code=status_code,
-                error_code=error_code,
-                latency_ms=latency_ms,
-                note=note,
-                route=route,
+        with tracing.span("ledger.settle", {"gateway.cost_micros": cost_micros}) as span:
+            finished = await self._shielded(
+                self._finish(
+                    request_id=request_id,
+                    new_state="settled",
+                    cost_micros=cost_micros,
+                    images=images,
+                    status_code=status_code,
+                    error_code=error_code,
+                    latency_ms=latency_ms,
+                    note=note,
+                    route=route,
+                )
             )
-        )
+            if error_code is not None:
+                tracing.fail(span, error_code)
         if finished is None:
             return await self._lost_race(request_id)
+        model = finished.model or ""
+        metrics.record_settle(
+            model=model,
+            cost_micros=finished.cost_micros,
+            images=images,
+            refund_micros=finished.refund_micros,
+        )
+        note_settled(model=model, cost_micros=finished.cost_micros, images=images, code=error_code)
         if finished.cost_micros < cost_micros:
             logger.error(
                 "ledger: request %s cost %d above its hold %d; charged the hold",
@@ -612,6 +641,8 @@ class Ledger:
         client_request_id: str | None = None,
     ) -> None:
         """Log a request refused before any hold (validation 4xx, 402, 429 ...)."""
+        if model is not None:
+            note_model(model)
         if error_code == DatabaseUnavailable.default_code:
             # The database just did not answer (or its pool is exhausted): asking it again
             # would double the client's wait for its 503 and load a pool already full.
@@ -662,6 +693,7 @@ class Ledger:
                 )
                 if finished is not None:
                     swept += 1
+                    metrics.record_sweep(refund_micros=finished.refund_micros)
                     logger.warning(
                         "ledger: swept request %s, refunded %d micros",
                         request_id,

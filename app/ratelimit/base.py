@@ -14,7 +14,9 @@ limit is unlimited; with both `None` the call returns `UNLIMITED` without any I/
 
 Implementations: `memory.MemoryRateLimiter` (one process) and `redis.RedisRateLimiter` (shared
 by every replica). Both implement exactly the same semantics, so setting `REDIS_URL` changes
-where the counters live, not what the limits mean.
+where the counters live, not what the limits mean. Both refuse only through `rpm_exceeded` and
+`concurrency_exceeded` below, which is where refusals are counted
+(`image_gateway_rate_limit_refusals_total{limit}`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from types import TracebackType
 from typing import Protocol, Self
 
 from app.errors import RateLimited
+from app.observability.metrics import RATE_LIMIT_REFUSALS
 
 DEFAULT_WINDOW_S = 60.0
 
@@ -83,6 +86,7 @@ class RateLimiter(Protocol):
 def rpm_exceeded(rpm: int, *, window_s: float, retry_after: float) -> RateLimited:
     # Whole seconds, rounded up: `Retry-After` is an integer and a client that obeys it must
     # not come back a fraction of a second too early and be refused again.
+    RATE_LIMIT_REFUSALS.labels("rpm").inc()
     seconds = max(1, math.ceil(retry_after))
     per = "minute" if window_s == DEFAULT_WINDOW_S else f"{window_s:g} seconds"
     return RateLimited(
@@ -92,6 +96,7 @@ def rpm_exceeded(rpm: int, *, window_s: float, retry_after: float) -> RateLimite
 
 
 def concurrency_exceeded(max_concurrency: int) -> RateLimited:
+    RATE_LIMIT_REFUSALS.labels("concurrency").inc()
     return RateLimited(
         f"this key already has {max_concurrency} requests in flight; "
         "retry when one of them finishes",
