@@ -342,16 +342,15 @@ class Ledger:
             "gateway.amount_micros": amount_micros,
         }
         with tracing.span("ledger.hold", attributes):
-            balance = await self._hold(hold)
+            balance = await self._hold_announcing_refusals(request)
         metrics.record_hold()
         return balance
 
-    async def _hold(self, hold: HoldRequest) -> int:
-        request_id, account_id, key_id = hold.request_id, hold.account_id, hold.key_id
+    async def _hold_announcing_refusals(self, hold: HoldRequest) -> int:
         try:
-            return await self._hold(request)
+            return await self._hold(hold)
         except BudgetRefused as refusal:
-            await self._announce_refusal(request, refusal)
+            await self._announce_refusal(hold, refusal)
             raise
 
     async def _hold(self, hold: HoldRequest) -> int:

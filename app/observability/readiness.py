@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.catalog.loader import Catalog
+from app.db.faults import DatabaseUnavailable
 
 TIMEOUT_S: Final = 2.0
 
@@ -49,7 +50,7 @@ async def database_reasons(engine: AsyncEngine) -> list[str]:
                 revisions = frozenset()
     except TimeoutError:
         return [f"database: no answer within {TIMEOUT_S:g} s"]
-    except (SQLAlchemyError, OSError) as exc:
+    except (SQLAlchemyError, OSError, DatabaseUnavailable) as exc:
         return [f"database: unreachable ({type(exc).__name__})"]
     heads = code_heads()
     if revisions != heads:

@@ -199,6 +199,11 @@ def _error_problems(error: dict[str, Any]) -> list[str]:
     return problems
 
 
+#: operators' probes and metrics (SPEC 8): their own bodies (`/readyz`'s 503 lists its reasons),
+#: not the OpenAI API's, so no SDK type covers them
+OPERATIONS_PATHS: Final = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
 def check_response(
     method: str, path: str, status: int, content_type: str, raw: bytes, *, complete: bool = True
 ) -> tuple[str | None, list[str]]:
@@ -207,7 +212,7 @@ def check_response(
     `complete`: the body was sent to its end (False: the client hung up first)."""
     json_body = content_type.startswith("application/json")
     if status >= 400:
-        if method == "HEAD":
+        if method == "HEAD" or path in OPERATIONS_PATHS:
             return None, []
         if not json_body:
             return "error", [f"an error answered as {content_type or 'no content type'}"]
