@@ -26,7 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from app.db.engine import make_engine
-from tests.support import factories
+from tests.support import databases, factories
 from tests.support.books import assert_books_balance
 from tests.support.live import LiveGateway, write_catalog
 from tests.support.processes import free_port
@@ -202,9 +202,11 @@ def test_a_locked_postgres_table_answers_503_then_recovers(
     assert spent == 2 * PRICE  # the refused request took nothing
 
 
-def test_a_locked_sqlite_file_answers_503_then_recovers(database_url: str, catalog: Path) -> None:
-    if not database_url.startswith("sqlite"):
-        pytest.skip("the Postgres cases are above")
+def test_a_locked_sqlite_file_answers_503_then_recovers(
+    sqlite_template: Path, tmp_path: Path, catalog: Path
+) -> None:
+    # SQLite only: the Postgres cases are above
+    database_url = databases.fresh_sqlite_copy(sqlite_template, tmp_path)
     account_id, secret = seed(database_url)
     path = make_url(database_url).database
     assert path
