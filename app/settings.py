@@ -23,7 +23,6 @@ DEFAULT_SQLITE_PATH = Path("data") / "image-gateway.db"
 #: the admin token guards every balance: short enough to guess is refused at start-up
 MIN_ADMIN_TOKEN_CHARS = 32
 DEFAULT_CONFIG_PATH = Path("config") / "models.yaml"
-LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
 class LogLevel(StrEnum):
@@ -283,14 +282,6 @@ class Settings(BaseSettings):
                 "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
             )
         return value
-
-    @field_validator("log_level")
-    @classmethod
-    def _known_level(cls, value: str) -> str:
-        level = value.strip().lower()
-        if level not in LOG_LEVELS:
-            raise ValueError(f"GATEWAY_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
-        return level
 
     @field_validator("metrics_token", "prometheus_multiproc_dir", "otlp_endpoint", mode="before")
     @classmethod
