@@ -19,6 +19,7 @@ from app.api.images import router as images_router
 from app.api.models import router as models_router
 from app.api.request_id import RequestIdMiddleware
 from app.api.usage import router as usage_router
+from app.console import mount_console
 from app.gateway import open_gateway
 from app.settings import Settings, get_settings
 from app.tuning import apply_process_tuning
@@ -47,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models_router)
     app.include_router(usage_router)
     app.include_router(admin_router)
+    mount_console(app, settings)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -20,10 +20,10 @@ from typing import Any, Literal, TypeVar, cast
 from sqlalchemy import ColumnElement, Table, and_, case, func, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.db.models import Account, RequestLog
+from app.db.models import Account, LedgerEntry, RequestLog
 from app.errors import InvalidParameter
 from app.keys.cursor import decode_cursor, encode_cursor
-from app.ledger.records import AccountRecord, as_utc
+from app.ledger.records import AccountRecord, LedgerRow, as_utc
 
 GroupBy = Literal["model", "key", "account", "day"]
 Bucket = Literal["hour", "day"]
@@ -31,6 +31,7 @@ _R = TypeVar("_R")
 
 _accounts = cast(Table, Account.__table__)
 _log = cast(Table, RequestLog.__table__)
+_entries = cast(Table, LedgerEntry.__table__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +169,13 @@ class Reports:
         async with self._engine.connect() as conn:
             row = (await conn.execute(select(_log).where(_log.c.id == request_id))).first()
         return None if row is None else RequestRecord.from_row(row)
+
+    async def ledger_for_request(self, request_id: str) -> list[LedgerRow]:
+        """The ledger rows of one request (its charge, and its refund if any), oldest first."""
+        query = select(_entries).where(_entries.c.request_id == request_id).order_by(_entries.c.id)
+        async with self._engine.connect() as conn:
+            rows = list(await conn.execute(query))
+        return [LedgerRow.from_row(row) for row in rows]
 
     async def timeline(self, filters: RequestFilter, *, bucket: Bucket) -> list[TimelineRow]:
         """Per hour or day (UTC), oldest first: requests, errors, settled images and cost.
