@@ -1,0 +1,265 @@
+"""The console over HTTP (no browser): who gets in, what is refused, and that every page and
+action goes through the admin services (the books are checked by the ledger tests' helper)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.console.session import COOKIE_NAME
+from app.ledger import Ledger
+from app.main import create_app
+from app.settings import Settings
+from tests.console.conftest import ConsoleEnv, csrf_of, sign_in
+from tests.support import factories
+from tests.support.books import assert_books_balance
+from tests.support.live import ADMIN_TOKEN
+
+
+def test_pages_need_a_session_and_say_why(console_env: ConsoleEnv) -> None:
+    with console_env.client() as client:
+        answer = client.get("/console/accounts?q=x")
+        assert answer.status_code == 303
+        assert answer.headers["location"] == (
+            "/console/login?reason=signin&next=/console/accounts%3Fq%3Dx"
+        )
+        login = client.get(answer.headers["location"])
+        assert "Sign in to continue." in login.text
+        cookie = login.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie and "path=/console" in cookie
+
+
+def test_sign_in_exchanges_the_token_for_a_cookie_that_does_not_hold_it(
+    console_env: ConsoleEnv,
+) -> None:
+    with console_env.client() as client:
+        csrf = sign_in(client)
+        cookie = client.cookies[COOKIE_NAME]
+        assert ADMIN_TOKEN not in cookie
+        page = client.get("/console/")
+        assert ADMIN_TOKEN not in page.text and csrf in page.text
+        assert page.headers["cache-control"] == "no-store"
+        assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+
+
+def test_wrong_tokens_are_refused_under_the_admin_apis_failure_budget(
+    console_env: ConsoleEnv,
+) -> None:
+    burst = console_env.live.settings.admin_failure_burst
+    with console_env.client() as client:
+        csrf = csrf_of(client.get("/console/login").text)
+        for _ in range(burst):
+            answer = client.post("/console/login", data={"token": "nope", "csrf_token": csrf})
+            assert answer.status_code == 401
+            assert "That is not the admin token" in answer.text
+        throttled = client.post("/console/login", data={"token": ADMIN_TOKEN, "csrf_token": csrf})
+        assert throttled.status_code == 429  # even the right token, once the budget is spent
+        assert client.get("/console/").status_code == 303  # still not signed in
+        # one budget per address, shared with Authorization: Bearer on the admin API
+        admin = client.get("/admin/v1/accounts", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        assert admin.status_code == 429
+
+
+def test_sign_in_refuses_a_missing_csrf_token(console_env: ConsoleEnv) -> None:
+    with console_env.client() as client:
+        client.get("/console/login")
+        answer = client.post("/console/login", data={"token": ADMIN_TOKEN})
+        assert answer.status_code == 403
+        assert client.get("/console/").status_code == 303
+
+
+def test_state_changes_need_the_csrf_token_and_the_same_origin(console_env: ConsoleEnv) -> None:
+    with console_env.client() as client:
+        csrf = sign_in(client)
+        missing = client.post("/console/accounts", data={"name": "no-token"})
+        assert missing.status_code == 403
+        assert "security token" in missing.text
+        stale = client.post("/console/accounts", data={"name": "x", "csrf_token": "f" * 43})
+        assert stale.status_code == 403
+        foreign = client.post(
+            "/console/accounts",
+            data={"name": "x", "csrf_token": csrf},
+            headers={"origin": "https://evil.example"},
+        )
+        assert foreign.status_code == 403 and "Cross-origin" in foreign.text
+        playground = client.post(
+            "/console/playground/generations?key_id=key_x",
+            json={"model": "local-preview", "prompt": "x"},
+        )
+        assert playground.status_code == 403
+        listed = client.get("/console/accounts?q=no-token")
+        assert "No accounts match" in listed.text  # nothing was created
+
+
+def test_an_expired_session_is_refused_by_the_injected_clock(console_env: ConsoleEnv) -> None:
+    ttl = console_env.live.settings.console_session_ttl_s
+    with console_env.client() as client:
+        csrf = sign_in(client)
+        console_env.clock.advance(ttl - 5)
+        assert client.get("/console/accounts").status_code == 200
+        console_env.clock.advance(10)
+        page = client.get("/console/accounts")
+        assert page.status_code == 303
+        assert page.headers["location"].startswith("/console/login?reason=expired")
+        client.cookies.set(COOKIE_NAME, "x", path="/console")  # what the browser still holds
+        posted = client.post("/console/accounts", data={"name": "late", "csrf_token": csrf})
+        assert posted.status_code == 401
+        assert "expired" in posted.text
+
+
+def test_a_forged_cookie_is_no_session(console_env: ConsoleEnv) -> None:
+    with console_env.client() as client:
+        sign_in(client)
+        value = client.cookies[COOKIE_NAME]
+        client.cookies.clear()
+        client.cookies.set(COOKIE_NAME, value[:-2] + ("A" if value[-1] != "A" else "B") + value[-1])
+        assert client.get("/console/").status_code == 303
+
+
+def test_sign_out_clears_the_session(console_env: ConsoleEnv) -> None:
+    with console_env.client() as client:
+        csrf = sign_in(client)
+        answer = client.post("/console/logout", data={"csrf_token": csrf})
+        assert answer.status_code == 303
+        assert answer.headers["location"] == "/console/login?reason=signed_out"
+        assert COOKIE_NAME not in client.cookies
+        assert client.get("/console/").status_code == 303
+
+
+@pytest.mark.parametrize("target", ["//evil.example/x", "https://evil.example", "/consolex"])
+def test_sign_in_never_redirects_off_the_console(console_env: ConsoleEnv, target: str) -> None:
+    with console_env.client() as client:
+        form = client.get("/console/login")
+        answer = client.post(
+            "/console/login",
+            data={"token": ADMIN_TOKEN, "csrf_token": csrf_of(form.text), "next": target},
+        )
+        assert answer.headers["location"] == "/console/"
+
+
+@pytest.mark.anyio
+async def test_the_console_is_off_without_an_admin_token(tmp_path: Path) -> None:
+    app = create_app(Settings(database_url=f"sqlite:///{tmp_path}/off.db", admin_token=None))
+    transport = httpx.ASGITransport(app=app)  # no lifespan: only the routing is asked
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+        assert (await client.get("/console/login")).status_code == 404
+        assert (await client.get("/console/static/console.css")).status_code == 404
+
+
+def test_every_page_renders(console_env: ConsoleEnv) -> None:
+    async def seed(engine):  # type: ignore[no-untyped-def]
+        account_id = await factories.make_account(engine, 5_000_000, name="seeded")
+        key_id, _ = await factories.make_key(engine, account_id)
+        return account_id, key_id
+
+    account_id, key_id = console_env.run(seed)
+    with console_env.client() as client:
+        sign_in(client)
+        for path in [
+            "/console/",
+            "/console/?window=14d",
+            "/console/accounts",
+            f"/console/accounts/{account_id}",
+            "/console/keys",
+            f"/console/keys?account_id={account_id}",
+            f"/console/keys/{key_id}/revoke",
+            "/console/requests",
+            "/console/requests?state=settled&code=402&since=2020-01-01T00:00",
+            "/console/models",
+            "/console/playground",
+            f"/console/playground?account_id={account_id}&model=local-preview",
+            "/console/playground/fields?model=local-preview",
+            f"/console/playground/keys?account_id={account_id}",
+        ]:
+            page = client.get(path)
+            assert page.status_code == 200, (path, page.text[:500])
+        assert client.get("/console/accounts/acct_nope").status_code == 404
+        assert client.get("/console/requests/req_nope").status_code == 404
+        assert client.get("/console/keys/key_nope/revoke").status_code == 404
+
+
+def test_models_page_shows_every_model_and_why_one_is_hidden(console_env: ConsoleEnv) -> None:
+    with console_env.client() as client:
+        sign_in(client)
+        page = client.get("/console/models").text
+    assert 'data-model="local-preview"' in page and 'data-model="far-away"' in page
+    assert "TEST_CONSOLE_UNSET_KEY" in page  # the missing credential is named
+    assert "up to 2 reference images" in page
+    assert "$0.001 per image" in page
+
+
+def test_a_credit_form_submitted_twice_credits_once(console_env: ConsoleEnv) -> None:
+    account_id = console_env.run(lambda engine: factories.make_account(engine, 0, name="twice"))
+    with console_env.client() as client:
+        sign_in(client)
+        page = client.get(f"/console/accounts/{account_id}").text
+        key = re.search(r'name="idempotency_key" value="([^"]+)"', page)
+        assert key
+        form = {
+            "csrf_token": csrf_of(page),
+            "amount": "2.50",
+            "note": "invoice 7",
+            "idempotency_key": key.group(1),
+        }
+        first = client.post(f"/console/accounts/{account_id}/credits", data=form)
+        assert first.status_code == 303
+        shown = client.get(first.headers["location"]).text
+        assert "Credited $2.50; the balance is now $2.50." in shown
+        second = client.post(f"/console/accounts/{account_id}/credits", data=form)
+        assert second.status_code == 303
+        assert "Already applied" in client.get(second.headers["location"]).text
+        changed = client.post(
+            f"/console/accounts/{account_id}/credits", data={**form, "amount": "3"}
+        )
+        assert changed.status_code == 400  # the same key with another body: refused
+        bad = client.post(
+            f"/console/accounts/{account_id}/credits",
+            data={**form, "amount": "1.0000001", "idempotency_key": "other"},
+        )
+        assert bad.status_code == 400 and "amount" in bad.text
+        below = client.post(
+            f"/console/accounts/{account_id}/credits",
+            data={**form, "amount": "-9", "idempotency_key": "other-2"},
+        )
+        assert below.status_code == 400 and "below zero" in below.text
+
+    async def balance(engine):  # type: ignore[no-untyped-def]
+        await assert_books_balance(engine, account_id)
+        return (await Ledger(engine).get_account(account_id)).balance_micros
+
+    assert console_env.run(balance) == 2_500_000
+
+
+def test_a_new_keys_secret_is_shown_once_and_never_again(console_env: ConsoleEnv) -> None:
+    account_id = console_env.run(lambda engine: factories.make_account(engine, 0, name="k"))
+    with console_env.client() as client:
+        csrf = sign_in(client)
+        created = client.post(
+            f"/console/accounts/{account_id}/keys",
+            data={
+                "csrf_token": csrf,
+                "name": "ci",
+                "models": ["local-preview"],
+                "rpm": "60",
+                "max_concurrency": "2",
+                "expires_at": "2099-01-01T00:00",
+                "budget_day": "5",
+            },
+        )
+        assert created.status_code == 200 and created.headers["cache-control"] == "no-store"
+        secret = re.search(r'value="(sk-[^"]+)"', created.text)
+        assert secret
+        assert secret.group(1) not in client.get(f"/console/accounts/{account_id}").text
+        assert secret.group(1) not in client.get("/console/keys").text
+        invalid = client.post(
+            f"/console/accounts/{account_id}/keys",
+            data={"csrf_token": csrf, "name": "bad", "rpm": "many"},
+        )
+        assert invalid.status_code == 400 and "rpm" in invalid.text
+    models = httpx.get(
+        f"{console_env.url}/v1/models", headers={"Authorization": f"Bearer {secret.group(1)}"}
+    )
+    assert models.status_code == 200  # the shown secret is the key's
