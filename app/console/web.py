@@ -107,7 +107,9 @@ def current_session(request: Request) -> Session | None:
 async def require_signed_in(request: Request) -> Session:
     session = current_session(request)
     if session is None or not session.signed_in:
-        expired = request.cookies.get(COOKIE_NAME) is not None
+        # a cookie that no longer verifies is an expired session (or a forged one); a valid
+        # anonymous one only carries the sign-in form's CSRF token
+        expired = session is None and request.cookies.get(COOKIE_NAME) is not None
         reason: SignInReason = "expired" if expired else "signin"
         raise ConsoleRefusal(401, SIGN_IN_REASONS[reason], sign_in=reason)
     return session

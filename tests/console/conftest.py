@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +42,7 @@ models:
       width:  {type: integer, min: 64, max: 1024, multiple_of: 8, default: 256}
       height: {type: integer, min: 64, max: 1024, multiple_of: 8, default: 192}
       seed:   {type: integer, min: 0}
-      style:  {type: enum, values: [plain, vivid], default: plain}
+      mood:   {type: enum, values: [plain, vivid], default: plain}
       tiled:  {type: boolean, default: false}
       guidance: {type: number, min: 0, max: 10}
       label:  {type: string, max_length: 40}
@@ -69,6 +70,9 @@ class ConsoleEnv:
         return httpx.Client(base_url=self.live.url, timeout=30, follow_redirects=False)
 
     def run(self, coro_fn):  # type: ignore[no-untyped-def]
+        """Run a DB coroutine on a private engine, in a thread of its own: Playwright's sync
+        API keeps an event loop running in the test's thread while a browser is open."""
+
         async def wrapped():  # type: ignore[no-untyped-def]
             engine = make_engine(self.database_url)
             try:
@@ -76,7 +80,8 @@ class ConsoleEnv:
             finally:
                 await engine.dispose()
 
-        return asyncio.run(wrapped())
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(asyncio.run, wrapped()).result()
 
 
 @pytest.fixture
