@@ -1,7 +1,9 @@
 """The request log (filters, one request's details) and the model cards.
 
 The log is `Reports.list_requests` / `get_request`, the admin API's `GET /requests`. A
-request's details add its ledger rows (charge, refund; `Reports.ledger_for_request`).
+request's details add its ledger rows (charge, refund; `Reports.ledger_for_request`) and its
+Idempotency-Key record, with the number of repeats answered from the stored response (a replay
+runs nothing and costs nothing, so it has no log row of its own).
 
 The model cards show every catalog model, the hidden ones too, with the reason the catalog
 loader recorded (which provider credential is missing).
@@ -94,9 +96,13 @@ async def request_detail(
     record = await reports.get_request(request_id)
     if record is None:
         raise ConsoleRefusal(404, f"No request with id {request_id!r}.")
-    entries = await reports.ledger_for_request(record.id)
     return render(
-        request, "request.html", session, record=record, entries=entries, idempotency=None
+        request,
+        "request.html",
+        session,
+        record=record,
+        entries=await reports.ledger_for_request(record.id),
+        idempotency=await reports.idempotency_for_request(record.id),
     )
 
 

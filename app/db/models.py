@@ -155,3 +155,10 @@ class IdempotencyRecord(Base):
     response_body: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    #: the request that ran under the key (its request_log id), for the console's request page
+    request_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    #: how many repeats were answered from the stored response
+    replays: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_replayed_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )

@@ -230,6 +230,7 @@ class ImageService:
                 key=claim.key,
                 request_hash=request_hash("POST", ctx.path, fingerprint),
                 ttl_s=gw.settings.idempotency_ttl_s,
+                request_id=ctx.request_id,
             )
         except GatewayError as error:  # a bad key (400) or a 409: refused, unbilled
             await self._log_unbilled(ctx, job.model.id, job.validated.user, error, job.started)

@@ -16,6 +16,10 @@ replaced, when it expired (`expires_at`, ttl_s after it was begun) or when it is
 timeout after which the sweeper refunds a dead process's hold, so a taken-over request cannot be
 charged twice).
 
+Each record names the request that ran under it (`request_id`, the request-log id) and counts
+the repeats answered from it (`replays`, `last_replayed_at`): replays are not logged as
+requests of their own (they cost nothing and ran nothing), so this is where they are seen.
+
 Decisions: the hash covers method, path and body (not headers); a different body under the same
 key is 409 IDEMPOTENCY_KEY_REUSED even while the first is running; timestamps come from the
 Python clock (UTC) on both backends, so skew between processes only shifts a 24 h TTL by the
@@ -72,16 +76,25 @@ class IdempotencyStore:
         self._lease = timedelta(seconds=lease_s)
 
     async def begin(
-        self, *, scope: str, key: str, request_hash: str, ttl_s: int
+        self,
+        *,
+        scope: str,
+        key: str,
+        request_hash: str,
+        ttl_s: int,
+        request_id: str | None = None,
     ) -> StoredResponse | None:
-        """None: the caller now owns the key. Else the response to replay, or 409."""
+        """None: the caller (request `request_id`) now owns the key. Else the response to
+        replay (the replay is counted), or 409."""
         if not 1 <= len(key) <= MAX_KEY_LENGTH:
             raise InvalidParameter(
                 f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters.",
                 param="Idempotency-Key",
             )
         for _ in range(_BEGIN_ATTEMPTS):
-            if await self._claim(scope=scope, key=key, request_hash=request_hash, ttl_s=ttl_s):
+            if await self._claim(
+                scope=scope, key=key, request_hash=request_hash, ttl_s=ttl_s, request_id=request_id
+            ):
                 return None
             async with self._engine.connect() as connection:
                 row = (
@@ -103,6 +116,7 @@ class IdempotencyStore:
                     param="Idempotency-Key",
                 )
             if row.state == "done" and row.status_code is not None:
+                await self._count_replay(scope=scope, key=key)
                 return StoredResponse(status_code=row.status_code, body=row.response_body or b"")
             raise Conflict(
                 "A request with this Idempotency-Key is still in progress; retry later",
@@ -115,9 +129,22 @@ class IdempotencyStore:
             param="Idempotency-Key",
         )
 
-    async def _claim(self, *, scope: str, key: str, request_hash: str, ttl_s: int) -> bool:
+    async def _count_replay(self, *, scope: str, key: str) -> None:
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                update(IdempotencyRecord)
+                .where(IdempotencyRecord.scope == scope, IdempotencyRecord.idem_key == key)
+                .values(replays=IdempotencyRecord.replays + 1, last_replayed_at=utc_now())
+            )
+
+    async def _claim(
+        self, *, scope: str, key: str, request_hash: str, ttl_s: int, request_id: str | None
+    ) -> bool:
         now = utc_now()
         fresh = {
+            "request_id": request_id,
+            "replays": 0,
+            "last_replayed_at": None,
             "request_hash": request_hash,
             "state": "in_progress",
             "status_code": None,

@@ -13,6 +13,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+import openai
 import pytest
 from PIL import Image
 from playwright.sync_api import Browser, BrowserContext, Page, expect
@@ -187,26 +189,37 @@ def test_an_operator_runs_the_gateway_from_the_console(
     expect(page.locator("#pg-status")).to_have_text(re.compile(r"^Refused \(400\): .*\bn\b"))
     page.get_by_label("Images (n)").fill("1")
 
+    # the key from code, retried under one Idempotency-Key: run once, replayed once
+    sdk = openai.OpenAI(base_url=f"{console_env.url}/v1", api_key=secret, max_retries=0)
+    for _ in range(2):
+        retried = sdk.images.generate(
+            model="local-preview", prompt="retried", extra_headers={"Idempotency-Key": "retry-1"}
+        )
+        assert retried.data and retried.data[0].b64_json
+
     # the request log and one request
     page.get_by_role("link", name="Requests").click()
     page.get_by_label("Account id").fill(account_id)
     page.get_by_label("State").select_option("settled")
     page.get_by_role("button", name="Filter").click()
     rows = page.locator("table.log tbody tr")
-    expect(rows).to_have_count(3)
+    expect(rows).to_have_count(4)  # the replay ran nothing: it is not a request of its own
     both_widths(page, "07-request-log")
     rows.first.get_by_role("link").first.click()
     expect(page.get_by_test_id("cost")).to_have_text("$0.001")
     expect(page.get_by_test_id("latency")).to_have_text(re.compile(r"^\d+ ms$"))
     expect(page.get_by_test_id("error-code")).to_have_text("none")
     expect(page.get_by_role("cell", name="charge")).to_be_visible()
+    expect(page.get_by_test_id("replays")).to_have_text(
+        re.compile(r"^1 \(last .*\): answered from the stored response, not charged again$")
+    )
     both_widths(page, "08-request-detail")
 
-    # the ledger, newest first: three charges under the credit
+    # the ledger, newest first: four charges under the credit
     page.goto(account_url)
     kinds = page.locator("#ledger ~ .table-wrap tbody tr td:nth-child(2)")
-    expect(kinds).to_have_text(["charge", "charge", "charge", "topup"])
-    expect(page.get_by_test_id("balance")).to_have_text("$4.997")
+    expect(kinds).to_have_text(["charge", "charge", "charge", "charge", "topup"])
+    expect(page.get_by_test_id("balance")).to_have_text("$4.996")
     both_widths(page, "09-account-ledger")
 
     # revoke the key behind a confirmation; the playground then refuses it
@@ -216,8 +229,6 @@ def test_an_operator_runs_the_gateway_from_the_console(
     page.get_by_role("button", name="Yes, revoke it").click()
     expect(page.get_by_role("status")).to_have_text("Key studio-ci revoked.")
     expect(page.get_by_text("revoked", exact=True)).to_be_visible()
-    import httpx
-
     refused = httpx.get(
         f"{console_env.url}/v1/models", headers={"Authorization": f"Bearer {secret}"}
     )
@@ -234,7 +245,7 @@ def test_an_operator_runs_the_gateway_from_the_console(
         expect(page.locator("h1")).to_be_visible()
         both_widths(page, name)
     page.get_by_role("link", name="Overview").click()
-    expect(page.get_by_test_id("total-requests")).to_have_text("4")  # 3 settled + 1 refused
+    expect(page.get_by_test_id("total-requests")).to_have_text("5")  # 4 settled + 1 refused
     expect(page.get_by_test_id("in-flight")).to_have_text("0")
     problems.assert_none()
 

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 from app.console.session import COOKIE_NAME
@@ -263,3 +264,30 @@ def test_a_new_keys_secret_is_shown_once_and_never_again(console_env: ConsoleEnv
         f"{console_env.url}/v1/models", headers={"Authorization": f"Bearer {secret.group(1)}"}
     )
     assert models.status_code == 200  # the shown secret is the key's
+
+
+def test_a_request_page_shows_its_idempotency_key_and_replays(console_env: ConsoleEnv) -> None:
+    async def seed(engine):  # type: ignore[no-untyped-def]
+        account_id = await factories.make_account(engine, 1_000_000, name="replayed")
+        return await factories.make_key(engine, account_id)
+
+    _, secret = console_env.run(seed)
+    sdk = openai.OpenAI(base_url=f"{console_env.url}/v1", api_key=secret, max_retries=0)
+    plain = sdk.images.with_raw_response.generate(model="local-preview", prompt="once")
+    retried = [
+        sdk.images.with_raw_response.generate(
+            model="local-preview", prompt="twice", extra_headers={"Idempotency-Key": "k-1"}
+        )
+        for _ in range(3)
+    ]
+    first_id = retried[0].headers["x-request-id"]
+    with console_env.client() as client:
+        sign_in(client)
+        page = client.get(f"/console/requests/{first_id}").text
+        assert "<code>k-1</code>" in page
+        assert re.search(r'data-testid="replays">2 \(last ', page)
+        other = client.get(f"/console/requests/{plain.headers['x-request-id']}").text
+        assert "Sent without an Idempotency-Key" in other
+        # the replays are no requests of their own
+        log = client.get("/console/requests?state=settled").text
+        assert log.count('<a href="/console/requests/') == 2
