@@ -10,11 +10,13 @@ import httpx
 import openai
 import pytest
 
+from app.catalog.live import CatalogSnapshot
+from app.catalog.loader import load_catalog
 from app.console.session import COOKIE_NAME
 from app.ledger import Ledger
 from app.main import create_app
 from app.settings import Settings
-from tests.console.conftest import ConsoleEnv, csrf_of, sign_in
+from tests.console.conftest import CATALOG, ConsoleEnv, csrf_of, sign_in
 from tests.support import factories
 from tests.support.books import assert_books_balance
 from tests.support.live import ADMIN_TOKEN
@@ -291,3 +293,175 @@ def test_a_request_page_shows_its_idempotency_key_and_replays(console_env: Conso
         # the replays are no requests of their own
         log = client.get("/console/requests?state=settled").text
         assert log.count('<a href="/console/requests/') == 2
+
+
+def test_rotate_and_delete_keys_and_suspend_an_account(console_env: ConsoleEnv) -> None:
+    async def seed(engine):  # type: ignore[no-untyped-def]
+        account_id = await factories.make_account(engine, 1_000_000, name="ops")
+        key_id, secret = await factories.make_key(engine, account_id, name="rotating")
+        return account_id, key_id, secret
+
+    account_id, key_id, old_secret = console_env.run(seed)
+
+    def models_status(secret: str) -> tuple[int, str | None]:
+        answer = httpx.get(
+            f"{console_env.url}/v1/models", headers={"Authorization": f"Bearer {secret}"}
+        )
+        body = answer.json()
+        return answer.status_code, body.get("error", {}).get("code") if "error" in body else None
+
+    with console_env.client() as client:
+        csrf = sign_in(client)
+        confirm = client.get(f"/console/keys/{key_id}/rotate")
+        assert "A new secret is issued" in confirm.text
+        rotated = client.post(f"/console/keys/{key_id}/rotate", data={"csrf_token": csrf})
+        assert rotated.status_code == 200 and "Key rotating rotated" in rotated.text
+        found = re.search(r'value="(sk-[^"]+)"', rotated.text)
+        assert found
+        new_secret = found.group(1)
+        assert models_status(old_secret)[0] == 401
+        assert models_status(new_secret) == (200, None)
+
+        suspended = client.post(
+            f"/console/accounts/{account_id}/status",
+            data={"csrf_token": csrf, "status": "suspended"},
+        )
+        assert suspended.status_code == 303
+        assert "Account suspended." in client.get(suspended.headers["location"]).text
+        assert models_status(new_secret) == (403, "ACCOUNT_SUSPENDED")
+        client.post(
+            f"/console/accounts/{account_id}/status", data={"csrf_token": csrf, "status": "active"}
+        )
+        assert models_status(new_secret) == (200, None)
+
+        deleted = client.post(f"/console/keys/{key_id}/delete", data={"csrf_token": csrf})
+        assert deleted.status_code == 303
+        assert "Key rotating deleted." in client.get(deleted.headers["location"]).text
+        assert models_status(new_secret)[0] == 401
+        assert client.get(f"/console/keys/{key_id}/delete").status_code == 404
+
+
+def test_accounts_search_and_pages(console_env: ConsoleEnv) -> None:
+    async def seed(engine):  # type: ignore[no-untyped-def]
+        ids = [await factories.make_account(engine, name=f"team-{i:02d}") for i in range(23)]
+        ids.append(await factories.make_account(engine, name="Zebra Films"))
+        for _ in range(30):  # a long ledger for the last one
+            await Ledger(engine).credit(account_id=ids[-1], amount_micros=1_000, note="tick")
+        return ids
+
+    ids = console_env.run(seed)
+    with console_env.client() as client:
+        sign_in(client)
+        first = client.get("/console/accounts").text
+        assert first.count('<a href="/console/accounts/acct_') == 20
+        cursor = re.search(r'cursor=([^"&]+)" rel="next"', first)
+        assert cursor
+        second = client.get(f"/console/accounts?q=&cursor={cursor.group(1)}").text
+        assert second.count('<a href="/console/accounts/acct_') == 4 and 'rel="next"' not in second
+        assert "Zebra Films" in second and "Zebra Films" not in first
+        found = client.get("/console/accounts?q=zebra").text
+        assert found.count('<a href="/console/accounts/acct_') == 1 and "Zebra Films" in found
+        assert client.get(f"/console/accounts?q={ids[0]}").text.count("team-00") == 1
+
+        ledger = client.get(f"/console/accounts/{ids[-1]}").text
+        assert ledger.count("<td>topup</td>") == 25
+        older = re.search(
+            r'href="(/console/accounts/[^"]+\?cursor=[^"#]+)#ledger" rel="next"', ledger
+        )
+        assert older
+        rest = client.get(older.group(1)).text
+        assert rest.count("<td>topup</td>") == 5
+
+
+def test_request_log_filters(console_env: ConsoleEnv) -> None:
+    async def seed(engine):  # type: ignore[no-untyped-def]
+        rich = await factories.make_account(engine, 1_000_000, name="rich")
+        poor = await factories.make_account(engine, 0, name="poor")
+        return (
+            rich,
+            await factories.make_key(engine, rich),
+            poor,
+            await factories.make_key(engine, poor),
+        )
+
+    rich, (rich_key, rich_secret), poor, (_, poor_secret) = console_env.run(seed)
+    for secret in (rich_secret, poor_secret):
+        sdk = openai.OpenAI(base_url=f"{console_env.url}/v1", api_key=secret, max_retries=0)
+        try:
+            sdk.images.generate(model="local-preview", prompt="filtered")
+        except openai.APIStatusError as exc:
+            assert exc.status_code == 402  # the poor account
+    with console_env.client() as client:
+        sign_in(client)
+
+        def rows(query: str) -> int:
+            page = client.get(f"/console/requests?{query}")
+            assert page.status_code == 200
+            return page.text.count('<a href="/console/requests/')
+
+        assert rows("") == 2
+        assert rows(f"account_id={rich}") == 1
+        assert rows(f"key_id={rich_key}") == 1
+        assert rows("model=local-preview") == 2
+        assert rows("state=unbilled") == 1 and rows("state=settled") == 1
+        assert rows("code=402") == 1 and rows("code=INSUFFICIENT_BALANCE") == 1
+        assert rows("code=200") == 1
+        assert rows("since=2000-01-01T00:00&until=2099-01-01T00:00") == 2
+        assert rows("since=2099-01-01T00:00") == 0
+        assert rows(f"account_id={poor}&state=settled") == 0
+
+
+def test_the_playground_runs_only_as_a_usable_key(console_env: ConsoleEnv) -> None:
+    async def seed(engine):  # type: ignore[no-untyped-def]
+        account_id = await factories.make_account(engine, 1_000_000, name="pg")
+        live_key, _ = await factories.make_key(engine, account_id, name="live-one")
+        revoked, _ = await factories.make_key(engine, account_id, name="old-one", revoked=True)
+        bare = await factories.make_account(engine, 1_000_000, name="keyless")
+        return account_id, live_key, revoked, bare
+
+    account_id, live_key, revoked, bare = console_env.run(seed)
+    with console_env.client() as client:
+        csrf = sign_in(client)
+        picker = client.get(f"/console/playground/keys?account_id={account_id}").text
+        assert "live-one" in picker and "old-one" not in picker
+        assert "has no active key" in client.get(f"/console/playground/keys?account_id={bare}").text
+        headers = {"x-csrf-token": csrf}
+        body = {"model": "local-preview", "prompt": "as the key"}
+        refused = client.post(
+            f"/console/playground/generations?key_id={revoked}", json=body, headers=headers
+        )
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "KEY_REVOKED"
+        ran = client.post(
+            f"/console/playground/generations?key_id={live_key}", json=body, headers=headers
+        )
+        assert ran.status_code == 200, ran.text
+        assert ran.json()["usage"]["cost"]["total_cost"] == 0.001
+        logged = client.get(f"/console/requests/{ran.headers['x-request-id']}").text
+        assert live_key in logged and "$0.001" in logged
+        streamed = client.post(
+            f"/console/playground/generations?key_id={live_key}",
+            json={**body, "stream": True, "partial_images": 1},
+            headers=headers,
+        )
+        assert streamed.headers["content-type"].startswith("text/event-stream")
+        assert streamed.text.count("event: image_generation.partial_image") == 1
+        assert streamed.text.count("event: image_generation.completed") == 1
+
+    async def balance(engine):  # type: ignore[no-untyped-def]
+        await assert_books_balance(engine, account_id)
+        return (await Ledger(engine).get_account(account_id)).balance_micros
+
+    assert console_env.run(balance) == 1_000_000 - 2_000
+
+
+def test_pages_follow_a_catalog_reload(console_env: ConsoleEnv, tmp_path: Path) -> None:
+    gateway = console_env.live.gateway
+    path = tmp_path / "reloaded.yaml"
+    path.write_text(CATALOG.replace("local-preview:", "fresh-model:", 1))
+    catalog = load_catalog(path, {})
+    with console_env.client() as client:
+        sign_in(client)
+        assert 'data-model="fresh-model"' not in client.get("/console/models").text
+        gateway.live.swap(CatalogSnapshot(catalog, gateway.adapters))
+        assert 'data-model="fresh-model"' in client.get("/console/models").text
+        assert "<option selected>fresh-model</option>" in client.get("/console/playground").text
