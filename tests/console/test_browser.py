@@ -57,11 +57,30 @@ def stored(page: Page) -> str:
     return text
 
 
+#: visible form controls without an accessible name (a <label>, aria-label, or button text)
+UNLABELLED = """() => Array.from(document.querySelectorAll('input, select, textarea, button'))
+  .filter((el) => el.type !== 'hidden' && el.offsetParent !== null)
+  .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute('aria-label')
+    && !(el.tagName === 'BUTTON' && el.textContent.trim()))
+  .map((el) => el.outerHTML.slice(0, 120))"""
+
+
 def both_widths(page: Page, name: str) -> None:
+    """Screenshots at desktop and phone width, and every control on the page is labelled."""
+    assert page.evaluate(UNLABELLED) == [], name
     screenshot(page, name)
     page.set_viewport_size(PHONE)
     screenshot(page, name)
     page.set_viewport_size(DESKTOP)
+
+
+def choose_and_swap(page: Page, label: str, value: str, slot: str) -> None:
+    """Pick an option whose change makes htmx replace `slot`'s content, and wait for it."""
+    page.locator(slot).evaluate(
+        "slot => slot.querySelectorAll('*').forEach(e => e.dataset.old = 1)"
+    )
+    page.get_by_label(label).select_option(value)
+    expect(page.locator(f"{slot} label:not([data-old])").first).to_be_attached()
 
 
 def reference_png(folder: Path) -> Path:
@@ -125,13 +144,16 @@ def test_an_operator_runs_the_gateway_from_the_console(
     # the playground: plain generation
     page.get_by_role("link", name="Playground").first.click()
     expect(page.get_by_role("heading", name="Playground")).to_be_visible()
-    page.get_by_label("Charge to account").select_option(account_id)
+    choose_and_swap(page, "Charge to account", account_id, "#pg-key-slot")
     expect(page.get_by_label("Key (whose limits and budgets apply)")).to_have_value(
         re.compile("^key_")
     )
-    page.get_by_label("Model").select_option("local-preview")
+    choose_and_swap(page, "Model", "local-preview", "#pg-fields-slot")
     prompt = page.get_by_label("Prompt")
     prompt.fill("a lighthouse at dusk")
+    expect(page.locator("#pg-prompt-count")).to_have_text("20 / 200 characters")
+    choose_and_swap(page, "Model", "local-preview", "#pg-fields-slot")  # a new form...
+    expect(prompt).to_have_value("a lighthouse at dusk")  # ...keeps the prompt
     expect(page.locator("#pg-prompt-count")).to_have_text("20 / 200 characters")
     page.get_by_label("width").fill("320")
     page.get_by_label("mood").select_option("vivid")
@@ -152,20 +174,28 @@ def test_an_operator_runs_the_gateway_from_the_console(
     page.get_by_label("Stream the result").check()
     page.get_by_label("Partial images while streaming").fill("2")
     expect(python).to_contain_text("stream=True")
+    # every partial image put on screen, as mutation records (the records keep what was shown
+    # even when the final image replaced it before the observer ran)
     page.evaluate(
         """() => {
-        window.partialsSeen = 0;
-        new MutationObserver(() => {
-          if (document.querySelector('#pg-output figure.partial')) window.partialsSeen += 1;
-        }).observe(document.querySelector('#pg-output'), {subtree: true, childList: true,
-          attributes: true});
+        window.partialsShown = 0;
+        new MutationObserver((records) => {
+          for (const record of records) {
+            const img = record.target;
+            if (img.tagName === 'IMG' && record.attributeName === 'src'
+                && img.closest('figure')?.classList.contains('partial')) {
+              window.partialsShown += 1;
+            }
+          }
+        }).observe(document.querySelector('#pg-output'), {subtree: true, attributes: true,
+          attributeFilter: ['src']});
       }"""
     )
     page.get_by_role("button", name="Generate").click()
     expect(page.locator("#pg-status")).to_have_text(
         "Done (streamed): 1 image(s) after 2 partial image(s)."
     )
-    assert page.evaluate("window.partialsSeen") >= 1
+    assert page.evaluate("window.partialsShown") == 2
     expect(page.locator("#pg-output figcaption")).to_have_text("Image 1: 320x192 px")
     expect(page.get_by_test_id("charged")).to_contain_text("Charged $0.001 to Acme Studio.")
 
@@ -282,8 +312,12 @@ def test_an_expired_session_is_refused(context: BrowserContext, console_env: Con
     expect(page.get_by_role("alert")).to_contain_text("Your session has expired")
     page.goto("/console/")
     expect(page).to_have_url(re.compile(r"/console/login\?reason="))
-    sign_in_again = page.get_by_label("Admin token")
-    sign_in_again.fill(ADMIN_TOKEN)
-    page.get_by_role("button", name="Sign in").click()
+    # signing in again by keyboard alone: the token field has the focus, Enter submits
+    expect(page.get_by_label("Admin token")).to_be_focused()
+    page.keyboard.type(ADMIN_TOKEN)
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
     page.goto("/console/accounts?q=Too+late")
     expect(page.get_by_text("No accounts match")).to_be_visible()

@@ -192,6 +192,9 @@ def test_models_page_shows_every_model_and_why_one_is_hidden(console_env: Consol
     assert "TEST_CONSOLE_UNSET_KEY" in page  # the missing credential is named
     assert "up to 2 reference images" in page
     assert "$0.001 per image" in page
+    assert "<code>tiled</code>: boolean (default false)" in page
+    assert "<code>width</code>: integer 64..1024, multiple of 8 (default 256)" in page
+    assert "one of plain, vivid (default plain)" in page
 
 
 def test_a_credit_form_submitted_twice_credits_once(console_env: ConsoleEnv) -> None:

@@ -322,7 +322,17 @@
     playground.addEventListener("input", refresh);
     playground.addEventListener("change", refresh);
     playground.addEventListener("submit", run);
-    document.body.addEventListener("htmx:afterSwap", refresh);
+    // another model's form keeps what was typed as the prompt
+    let keptPrompt = null;
+    document.body.addEventListener("htmx:beforeSwap", (event) => {
+      if (event.detail.target.id === "pg-fields-slot") keptPrompt = $("#pg-prompt")?.value ?? null;
+    });
+    document.body.addEventListener("htmx:afterSwap", () => {
+      const prompt = $("#pg-prompt");
+      if (keptPrompt !== null && prompt) prompt.value = keptPrompt;
+      keptPrompt = null;
+      refresh();
+    });
     refresh();
   });
 })();
