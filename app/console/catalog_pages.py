@@ -20,7 +20,7 @@ from starlette.responses import Response
 
 from app.admin.reports import Reports, RequestFilter
 from app.catalog.parameters import CompiledModel
-from app.console.web import ConsoleRefusal, GatewayDep, SignedIn, render
+from app.console.web import ConsoleRefusal, GatewayDep, SignedIn, attempt, render
 
 router = APIRouter()
 PAGE = 50
@@ -63,9 +63,10 @@ async def request_log(
         since=_time(since),
         until=_time(until),
     )
-    records, next_cursor = await Reports(gateway.engine).list_requests(
-        filters, limit=PAGE, cursor=cursor
+    page, error = await attempt(
+        lambda: Reports(gateway.engine).list_requests(filters, limit=PAGE, cursor=cursor)
     )
+    records, next_cursor = page or ([], None)
     query = {
         "account_id": account_id,
         "key_id": key_id,
@@ -84,6 +85,7 @@ async def request_log(
         cursor=cursor,
         query=query,
         query_string=urlencode({name: value for name, value in query.items() if value}),
+        error=error,
         models=sorted({*gateway.catalog.models, *gateway.catalog.hidden}),
     )
 

@@ -122,7 +122,9 @@ async def check_csrf(request: Request, session: Session) -> None:
     refusal independent of the browser honouring that, and the Origin check refuses a
     cross-origin POST before its body is even read."""
     origin = request.headers.get("origin")
-    if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
+    # behind a proxy that rewrites Host, the host the browser used is in X-Forwarded-Host
+    ours = {request.headers.get("host"), request.headers.get("x-forwarded-host")}
+    if origin is not None and urlsplit(origin).netloc not in ours:
         raise ConsoleRefusal(403, "Cross-origin request refused.")
     if request.headers.get("sec-fetch-site") == "cross-site":
         raise ConsoleRefusal(403, "Cross-site request refused.")

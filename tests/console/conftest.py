@@ -114,3 +114,10 @@ def sign_in(client: httpx.Client) -> str:
     page = client.get("/console/")
     assert page.status_code == 200
     return csrf_of(page.text)
+
+
+def tampered(cookie: str) -> str:
+    """The cookie with one character of its signature changed (not the last one: its low
+    bits are base64 padding, so some changes there decode to the same bytes)."""
+    index = len(cookie) - 6
+    return cookie[:index] + ("A" if cookie[index] != "A" else "B") + cookie[index + 1 :]

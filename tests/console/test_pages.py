@@ -16,7 +16,7 @@ from app.console.session import COOKIE_NAME
 from app.ledger import Ledger
 from app.main import create_app
 from app.settings import Settings
-from tests.console.conftest import CATALOG, ConsoleEnv, csrf_of, sign_in
+from tests.console.conftest import CATALOG, ConsoleEnv, csrf_of, sign_in, tampered
 from tests.support import factories
 from tests.support.books import assert_books_balance
 from tests.support.live import ADMIN_TOKEN
@@ -118,7 +118,7 @@ def test_a_forged_cookie_is_no_session(console_env: ConsoleEnv) -> None:
         sign_in(client)
         value = client.cookies[COOKIE_NAME]
         client.cookies.clear()
-        client.cookies.set(COOKIE_NAME, value[:-2] + ("A" if value[-1] != "A" else "B") + value[-1])
+        client.cookies.set(COOKIE_NAME, tampered(value))
         assert client.get("/console/").status_code == 303
 
 
@@ -468,3 +468,24 @@ def test_pages_follow_a_catalog_reload(console_env: ConsoleEnv, tmp_path: Path) 
         gateway.live.swap(CatalogSnapshot(catalog, gateway.adapters))
         assert 'data-model="fresh-model"' in client.get("/console/models").text
         assert "<option selected>fresh-model</option>" in client.get("/console/playground").text
+
+
+def test_a_proxy_forwarding_the_browsers_host_passes_the_origin_check(
+    console_env: ConsoleEnv,
+) -> None:
+    with console_env.client() as client:
+        csrf = sign_in(client)
+        answer = client.post(
+            "/console/accounts",
+            data={"name": "via-proxy", "csrf_token": csrf},
+            headers={"origin": "https://gw.example", "x-forwarded-host": "gw.example"},
+        )
+        assert answer.status_code == 303
+
+
+def test_a_broken_cursor_is_a_message_on_the_page(console_env: ConsoleEnv) -> None:
+    with console_env.client() as client:
+        sign_in(client)
+        page = client.get("/console/requests?cursor=not-a-cursor")
+        assert page.status_code == 200
+        assert "Invalid pagination cursor." in page.text
