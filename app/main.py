@@ -17,6 +17,7 @@ from app.admin.endpoints import router as admin_router
 from app.api.errors import register_error_handlers
 from app.api.images import router as images_router
 from app.api.models import router as models_router
+from app.api.openapi import install_openapi
 from app.api.request_id import RequestIdMiddleware
 from app.api.usage import router as usage_router
 from app.console import mount_console
@@ -39,7 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="image-gateway",
         version=__version__,
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # served by install_openapi, with local assets
         redoc_url=None,
     )
     app.state.settings = settings
@@ -47,8 +48,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(images_router)
     app.include_router(models_router)
     app.include_router(usage_router)
-    app.include_router(admin_router)
-    mount_console(app, settings)
+    # the admin API answers 404 when it is off (require_admin); it is not documented then
+    app.include_router(admin_router, include_in_schema=bool(settings.admin_token))
+    mount_console(app, settings)  # on with the admin API; not in the OpenAPI document
+    install_openapi(app)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -18,6 +18,12 @@ class MoneyError(ValueError):
     pass
 
 
+#: the largest amount a single price, balance or credit may name: far above any real one, and
+#: far below what the databases' 64-bit integer of micro-dollars holds (9.2e12 USD), so sums
+#: of many such amounts still fit
+MAX_USD = Decimal(1_000_000_000)
+
+
 def parse_usd(value: str | int | float | Decimal) -> int:
     """USD amount -> integer micro-dollars, exactly, or `MoneyError`."""
     if isinstance(value, bool):
@@ -29,6 +35,8 @@ def parse_usd(value: str | int | float | Decimal) -> int:
         raise MoneyError(f"not a decimal amount: {value!r}") from exc
     if not amount.is_finite():
         raise MoneyError(f"not a finite amount: {value!r}")
+    if abs(amount) > MAX_USD:
+        raise MoneyError(f"amount {value!r} is beyond the limit of {MAX_USD} USD either way")
     micros = amount * MICROS_PER_USD
     if micros != micros.to_integral_value():
         raise MoneyError(f"amount {value!r} is finer than one micro-dollar (0.000001)")

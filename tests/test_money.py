@@ -41,3 +41,11 @@ def test_micros_to_decimal_prints_plainly(micros: int, text: str) -> None:
 def test_json_float_round_trips_the_decimal() -> None:
     for micros in (134_000, 1, 402_000, 123_456_789_012, 2_622):
         assert Decimal(repr(micros_to_json(micros))) == micros_to_decimal(micros)
+
+
+@pytest.mark.parametrize("huge", [3906791148030845779968, "-5150743462055546880", "1e12"])
+def test_parse_usd_refuses_amounts_beyond_the_limit(huge: str | int) -> None:
+    # found by schemathesis: such balances overflowed the database's 64-bit micro-dollars (500)
+    with pytest.raises(MoneyError, match="beyond the limit"):
+        parse_usd(huge)
+    assert parse_usd("1000000000") == 10**15

@@ -18,10 +18,12 @@ import hmac
 from typing import Annotated, Protocol
 
 from fastapi import Depends, Query, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.admin.reports import Reports
-from app.errors import AuthenticationError, NotFound
+from app.errors import AuthenticationError, InvalidParameter, NotFound
 from app.keys.auth import KeyAuthenticator
 from app.keys.service import KeyService
 from app.ledger.idempotency import IdempotencyStore
@@ -74,6 +76,33 @@ async def require_admin(request: Request) -> None:
             "Invalid admin token: send Authorization: Bearer $GATEWAY_ADMIN_TOKEN.",
             code="INVALID_ADMIN_TOKEN",
         )
+
+
+async def reject_unknown_query(request: Request) -> None:
+    """400 for a query parameter the route does not declare: a typo (`?acount_id=`) must not
+    silently widen a listing to every account, as an unknown body field is refused too."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute) or not request.query_params:
+        return
+    unknown = sorted(set(request.query_params) - _query_names(route.dependant))
+    if unknown:
+        raise InvalidParameter(
+            f"Unknown query parameter {unknown[0]!r} for this route.", param=unknown[0]
+        )
+
+
+def _query_names(dependant: Dependant) -> frozenset[str]:
+    # keyed by identity: a route's dependant lives as long as the application
+    names = _QUERY_NAMES.get(id(dependant))
+    if names is None:
+        found = {field.alias for field in dependant.query_params}
+        for sub in dependant.dependencies:
+            found |= _query_names(sub)
+        names = _QUERY_NAMES[id(dependant)] = frozenset(found)
+    return names
+
+
+_QUERY_NAMES: dict[int, frozenset[str]] = {}
 
 
 def get_ledger(request: Request) -> Ledger:

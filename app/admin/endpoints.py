@@ -34,6 +34,7 @@ from app.admin.deps import (
     Limit,
     ReportsDep,
     SettingsDep,
+    reject_unknown_query,
     require_admin,
 )
 from app.admin.reports import GroupBy, RequestFilter
@@ -54,9 +55,15 @@ from app.admin.schemas import (
     UsageOut,
 )
 from app.admin.service import CreditRequest, CreditService
+from app.api.openapi import error_responses
 from app.errors import InvalidParameter
 
-router = APIRouter(prefix="/admin/v1", tags=["admin"], dependencies=[Depends(require_admin)])
+router = APIRouter(
+    prefix="/admin/v1",
+    tags=["admin"],
+    dependencies=[Depends(require_admin), Depends(reject_unknown_query)],
+    responses=error_responses(400, 401, 404, 409, 429, 503),
+)
 
 RequestState = Literal["pending", "settled", "swept", "unbilled"]
 

@@ -2,35 +2,89 @@
 
 from __future__ import annotations
 
+from typing import Any, Final
+
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from app.api.deps import CurrentKey, GatewayDep, read_body, request_ids
 from app.api.multipart import read_edit_form
+from app.api.openapi import body_ref, error_responses
+from app.api.schemas import (
+    ImageEditForm,
+    ImageEditJsonRequest,
+    ImageGenerationRequest,
+    ImagesResponse,
+)
 from app.api.streaming import ImageEventResponse
-from app.images.edits import RequestBody
+from app.images.edits import JsonUpload, RequestBody
 from app.images.service import CallContext, Endpoint, ImageService, Result
 from app.images.streaming import ImageEventStream
 from app.keys.auth import AuthenticatedKey
 
-router = APIRouter(prefix="/v1", tags=["images"])
+router = APIRouter(
+    prefix="/v1",
+    tags=["images"],
+    responses=error_responses(400, 401, 402, 403, 409, 413, 429, 502, 503, 504),
+)
 
 #: a generation body is a prompt and a few fields; edits (multipart) have their own limit
 MAX_JSON_BODY_BYTES = 2 * 1024 * 1024
 
 
-@router.post("/images/generations")
+#: 200: the images as JSON, or (`stream: true`) their events
+IMAGES_ANSWER: Final[dict[int | str, dict[str, Any]]] = {
+    200: {
+        "model": ImagesResponse,
+        "description": "The images; with stream: true, server-sent events",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
+_IDEMPOTENCY_KEY: Final = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "a repeat within 24 h returns the stored answer, not charged again",
+    "schema": {"type": "string", "maxLength": 255},
+}
+
+
+@router.post(
+    "/images/generations",
+    responses=IMAGES_ANSWER,
+    openapi_extra={
+        "parameters": [_IDEMPOTENCY_KEY],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": body_ref(ImageGenerationRequest)}},
+        },
+    },
+)
 async def create_generation(request: Request, gateway: GatewayDep, key: CurrentKey) -> Response:
-    raw = await read_body(request, min(MAX_JSON_BODY_BYTES, gateway.settings.max_request_bytes))
+    limit = min(MAX_JSON_BODY_BYTES, gateway.settings.max_request_bytes)
+    raw = bytes(await read_body(request, limit))  # small; kept for the Idempotency-Key hash
     ctx = call_context(request, key, "generations")
     return respond(await ImageService(gateway).generate(ctx, raw))
 
 
-@router.post("/images/edits")
+@router.post(
+    "/images/edits",
+    responses=IMAGES_ANSWER,
+    openapi_extra={
+        "parameters": [_IDEMPOTENCY_KEY],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {"schema": body_ref(ImageEditForm)},
+                "application/json": {"schema": body_ref(ImageEditJsonRequest)},
+            },
+        },
+    },
+)
 async def create_edit(request: Request, gateway: GatewayDep, key: CurrentKey) -> Response:
     """Multipart as the SDKs send it, or a JSON body with `images: [{"image_url": ...}]`."""
     settings = gateway.settings
-    upload: RequestBody | bytes
+    upload: RequestBody | JsonUpload
     if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
         upload = await read_edit_form(
             request,
@@ -38,7 +92,7 @@ async def create_edit(request: Request, gateway: GatewayDep, key: CurrentKey) ->
             max_image_bytes=settings.max_image_bytes,
         )
     else:
-        upload = await read_body(request, settings.max_request_bytes)
+        upload = JsonUpload(await read_body(request, settings.max_request_bytes))
     ctx = call_context(request, key, "edits")
     return respond(await ImageService(gateway).edit(ctx, upload))
 

@@ -12,12 +12,14 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from app.api.deps import CurrentKey, GatewayDep
+from app.api.openapi import error_responses
+from app.api.schemas import ModelEntry, ModelList
 from app.errors import NotFound
 
-router = APIRouter(prefix="/v1", tags=["models"])
+router = APIRouter(prefix="/v1", tags=["models"], responses=error_responses(401, 403, 429, 503))
 
 
-@router.get("/models")
+@router.get("/models", responses={200: {"model": ModelList, "description": "The models"}})
 async def list_models(gateway: GatewayDep, key: CurrentKey) -> Response:
     data = [
         m.public if name == m.id else {**m.public, "id": name}
@@ -27,7 +29,13 @@ async def list_models(gateway: GatewayDep, key: CurrentKey) -> Response:
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 
 
-@router.get("/models/{model_id:path}")
+@router.get(
+    "/models/{model_id:path}",
+    responses={
+        200: {"model": ModelEntry, "description": "The model"},
+        **error_responses(404),
+    },
+)
 async def get_model(model_id: str, gateway: GatewayDep, key: CurrentKey) -> Response:
     model = gateway.catalog.get(model_id, key.account_id)
     if model is None or not (key.allows(model_id) or key.allows(model.id)):

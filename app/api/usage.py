@@ -15,9 +15,10 @@ from pydantic import BaseModel
 
 from app.admin.schemas import BudgetOut
 from app.api.deps import CurrentKey, GatewayDep
+from app.api.openapi import error_responses
 from app.money import micros_to_json
 
-router = APIRouter(prefix="/v1", tags=["usage"])
+router = APIRouter(prefix="/v1", tags=["usage"], responses=error_responses(401, 403, 429, 503))
 
 
 class KeyUsageOut(BaseModel):

@@ -31,6 +31,7 @@ from app.console.forms import model_form
 from app.console.web import CsrfChecked, GatewayDep, SignedIn, render
 from app.errors import InvalidRequest
 from app.gateway import Gateway
+from app.images.edits import JsonUpload
 from app.images.service import CallContext, Endpoint, ImageService
 from app.keys.repository import KeyRecord
 from app.ledger.records import AccountRecord
@@ -129,10 +130,6 @@ async def run(
         raise InvalidRequest("Choose a key to charge.", code="MISSING_PARAMETER", param="key_id")
     record = await gateway.keys.get_key(key_id)
     key = await gateway.authenticator.authenticate_hash(record.key_hash)
-    limit = gateway.settings.max_request_bytes
-    raw = await read_body(
-        request, min(MAX_JSON_BODY_BYTES, limit) if endpoint == "generations" else limit
-    )
     request_id, client_request_id = request_ids(request)
     ctx = CallContext(
         key=key,
@@ -143,7 +140,9 @@ async def run(
         endpoint=endpoint,
     )
     service = ImageService(gateway)
-    result = await (
-        service.generate(ctx, raw) if endpoint == "generations" else service.edit(ctx, raw)
-    )
-    return respond(result)
+    limit = gateway.settings.max_request_bytes
+    if endpoint == "generations":
+        raw = bytes(await read_body(request, min(MAX_JSON_BODY_BYTES, limit)))
+        return respond(await service.generate(ctx, raw))
+    # as /v1/images/edits reads a JSON edit: the buffer handed over once (reference images)
+    return respond(await service.edit(ctx, JsonUpload(await read_body(request, limit))))

@@ -29,7 +29,7 @@ import orjson
 
 from app.errors import InvalidParameter, InvalidRequest, PayloadTooLarge
 from app.images import codec
-from app.images.codec import ImageError
+from app.images.codec import ImageError, ImageTooLarge
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,25 +47,53 @@ def invalid_image(message: str, param: str) -> InvalidRequest:
     return InvalidRequest(message, code="INVALID_IMAGE", param=param)
 
 
-def edit_body_from_json(body: dict[str, Any]) -> RequestBody:
-    """A JSON edit body: `images` as `[{"image_url": "data:..."}]`, `mask` likewise."""
-    images = body.get("images")
+class JsonUpload:
+    """A JSON edit body as read off the wire, handed over once.
+
+    `take()` gives the buffer and forgets it, so the raw bytes are freed the moment they are
+    parsed instead of living as long as the request: a 60 MB body is then held once as bytes
+    and once as parsed text only while `orjson` runs, never next to its decoded images.
+    """
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: bytearray) -> None:
+        self._raw = raw
+
+    def take(self) -> bytearray:
+        raw, self._raw = self._raw, bytearray()
+        return raw
+
+
+def edit_body_from_json(body: dict[str, Any], *, max_image_bytes: int) -> RequestBody:
+    """A JSON edit body: `images` as `[{"image_url": "data:..."}]`, `mask` likewise.
+
+    The data URIs leave `body` as they are decoded, one at a time, so each one's text is
+    freed as soon as its bytes exist; one whose text is longer than `max_image_bytes` can
+    decode to is refused (413) before anything is decoded.
+    """
+    images = body.pop("images", None)
+    mask = _mask(body.pop("mask", None), max_image_bytes)
     if images is None:
-        return RequestBody(body, images=[], mask=_mask(body.get("mask")))
+        return RequestBody(body, images=[], mask=mask)
     if not isinstance(images, list):
         raise InvalidParameter(
             'images must be a list of {"image_url": "data:image/...;base64,..."} objects',
             param="images",
         )
-    decoded = [_data_uri(item, f"images[{i}]") for i, item in enumerate(images)]
-    return RequestBody(body, images=decoded, mask=_mask(body.get("mask")))
+    decoded: list[bytes] = []
+    for index, item in enumerate(images):
+        images[index] = None  # `item` is the last reference to this image's text
+        decoded.append(_data_uri(item, f"images[{index}]", max_image_bytes))
+        del item
+    return RequestBody(body, images=decoded, mask=mask)
 
 
-def _mask(value: Any) -> bytes | None:
-    return None if value is None else _data_uri(value, "mask")
+def _mask(value: Any, max_image_bytes: int) -> bytes | None:
+    return None if value is None else _data_uri(value, "mask", max_image_bytes)
 
 
-def _data_uri(item: Any, param: str) -> bytes:
+def _data_uri(item: Any, param: str, max_image_bytes: int) -> bytes:
     uri = item.get("image_url") if isinstance(item, dict) else item
     if isinstance(uri, dict):  # {"image_url": {"url": ...}}, the chat-completions spelling
         uri = uri.get("url")
@@ -78,7 +106,12 @@ def _data_uri(item: Any, param: str) -> bytes:
             f"{param}: only inline data: URIs are accepted, not links to fetch", param
         )
     try:
-        return codec.decode_data_uri(uri)
+        return codec.decode_data_uri(uri, max_bytes=max_image_bytes)
+    except ImageTooLarge as exc:
+        what = "the mask" if param == "mask" else param
+        raise PayloadTooLarge(
+            f"{what} is {exc.size} bytes, over the limit of {exc.limit} bytes", param=param
+        ) from exc
     except ImageError as exc:
         raise invalid_image(f"{param}: {exc}", param) from exc
 

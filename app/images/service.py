@@ -44,7 +44,13 @@ from app.errors import (
     PermissionDenied,
 )
 from app.gateway import Gateway
-from app.images.edits import RequestBody, check_images, edit_body_from_json, edit_fingerprint
+from app.images.edits import (
+    JsonUpload,
+    RequestBody,
+    check_images,
+    edit_body_from_json,
+    edit_fingerprint,
+)
 from app.images.results import Delivery, finish_image, finish_images, render_body
 from app.images.routing import call_routes
 from app.images.streaming import FinishedSink, ImageEventStream, StreamShape
@@ -107,7 +113,7 @@ class Claim:
 Result = Outcome | ImageEventStream
 
 
-def parse_json_object(raw: bytes) -> dict[str, Any]:
+def parse_json_object(raw: bytes | bytearray) -> dict[str, Any]:
     if not raw:
         raise InvalidRequest("The request body is empty; send a JSON object.")
     try:
@@ -154,13 +160,16 @@ class ImageService:
             ctx, lambda: RequestBody(parse_json_object(raw_body)), lambda _: raw_body
         )
 
-    async def edit(self, ctx: CallContext, upload: RequestBody | bytes) -> Result:
-        """`POST /v1/images/edits`: a parsed multipart form, or a JSON body (bytes)."""
+    async def edit(self, ctx: CallContext, upload: RequestBody | JsonUpload) -> Result:
+        """`POST /v1/images/edits`: a parsed multipart form, or a JSON body."""
 
         def parse() -> RequestBody:
             if isinstance(upload, RequestBody):
                 return upload
-            return edit_body_from_json(parse_json_object(upload))
+            return edit_body_from_json(
+                parse_json_object(upload.take()),
+                max_image_bytes=self.gateway.settings.max_image_bytes,
+            )
 
         return await self._handle(ctx, parse, edit_fingerprint)
 

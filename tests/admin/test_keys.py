@@ -187,3 +187,11 @@ async def test_only_the_hash_is_stored(
     key = await create_key(client, account["id"])
     record = await gateway.keys.get_key(key["id"])
     assert record.key_hash == hash_secret(key["key"])
+
+
+async def test_an_unknown_query_parameter_is_400(client: httpx.AsyncClient) -> None:
+    # found by schemathesis: `?acount_id=` (a typo) silently listed every account's keys
+    response = await client.get("/admin/v1/keys", params={"acount_id": "acct_x"})
+    assert_error(response, 400, "INVALID_PARAMETER")
+    assert response.json()["error"]["param"] == "acount_id"
+    assert (await client.get("/admin/v1/keys", params={"limit": 5})).status_code == 200

@@ -3,6 +3,10 @@
 - 8 concurrent edits, each a ~400 KB PNG that decodes to 10000x10000 RGBA (400 MB): the
   image work pool's megapixel budget queues them, so the process's peak RSS stays within
   ~500 MiB of idle (unbounded, four of them took 3.2 GiB).
+- a 60 MB JSON edit body costs three copies of itself for the instant it is parsed and one
+  after, not five: read into one buffer, freed once parsed, its data URIs refused from their
+  length (413) or decoded one at a time with each one's text freed as its bytes appear (it
+  used to cost +304 MiB before its 413; now ~175 MiB).
 - `/healthz` keeps answering promptly while 19 MB JPEGs made of 4-byte APP0 segments upload
   (the header walk used to freeze the event loop for 1-1.5 s per file).
 """
@@ -10,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import statistics
 import time
 from pathlib import Path
@@ -85,6 +90,39 @@ def test_eight_concurrent_worst_case_edits_stay_within_the_memory_budget(
     )
     assert statuses == [200] * 8  # queued, not refused: they are all legitimate requests
     assert peak - idle < 500 * MiB
+
+
+def _json_edit(images: list[bytes]) -> bytes:
+    uris = b",".join(
+        b'{"image_url":"data:image/png;base64,' + base64.b64encode(data) + b'"}' for data in images
+    )
+    return b'{"model":"preview","prompt":"x","images":[' + uris + b"]}"
+
+
+def test_a_60_mb_json_edit_is_not_multiplied_in_memory(tmp_path: Path, sqlite_url: str) -> None:
+    # one data URI of 45 MB: over the 20 MB per-image limit, refused from its length
+    body = _json_edit([b"\x89PNG\r\n\x1a\n" + b"\x00" * 45_000_000])
+    assert 59 * 1000**2 < len(body) < 61 * 1000**2
+    with served_gateway(tmp_path, sqlite_url, CATALOG) as gateway:
+        headers = {**gateway.auth, "Content-Type": "application/json"}
+        warm = httpx.post(
+            f"{gateway.url}/v1/images/edits", content=_json_edit([b"x"]), headers=headers
+        )
+        assert warm.status_code == 400, warm.text  # imports and pools, not a real image
+        before = gateway.rss_bytes()
+        gateway.reset_peak_rss()
+        response = httpx.post(
+            f"{gateway.url}/v1/images/edits", content=body, headers=headers, timeout=120
+        )
+        peak = gateway.peak_rss_bytes()
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
+    above = (peak - before) / MiB
+    print(f"\n60 MB JSON edit -> 413: peak {above:.0f} MiB above idle")
+    # the body is 57 MiB. At the peak, for the moment orjson runs: the bytes read (57), its
+    # parser's copy of them (57) and the parsed text (57); after that one copy or less. The
+    # old path held five copies at once (+304 MiB); the bound leaves room for the allocator.
+    assert above < 240
 
 
 def test_healthz_stays_responsive_while_hostile_jpegs_upload(

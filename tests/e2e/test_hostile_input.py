@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import socket
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -223,3 +224,22 @@ def test_405_carries_allow(env: Env) -> None:
     )
     _assert_client_error(response, 405)
     assert "POST" in response.headers["allow"]
+
+
+@pytest.mark.gateway(settings={"max_request_bytes": 100_000})
+def test_a_json_edit_without_a_length_is_counted_as_it_arrives(env: Env) -> None:
+    # chunked: no Content-Length to refuse up front, so the running count must stop it
+    def chunks() -> Iterator[bytes]:
+        yield b'{"model": "local-preview", "prompt": "x", "images": ["'
+        for _ in range(30):
+            yield b"A" * 10_000
+        yield b'"]}'
+
+    response = httpx.post(
+        f"{env.gateway.base_url}/images/edits",
+        content=chunks(),
+        headers={"Authorization": f"Bearer {env.secret}", "Content-Type": "application/json"},
+        timeout=30,
+    )
+    _assert_client_error(response, 413)
+    assert response.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"

@@ -142,6 +142,24 @@ def test_decode_b64_is_strict() -> None:
             codec.decode_b64(bad)
 
 
+def test_decode_b64_refuses_non_ascii_text() -> None:
+    with pytest.raises(ImageError):
+        codec.decode_b64("QUJ\u00e9")
+
+
+@pytest.mark.parametrize("size", range(12))
+def test_b64_decoded_size_is_exact(size: int) -> None:
+    text = "data:image/png;base64," + base64.b64encode(b"x" * size).decode()
+    assert codec.b64_decoded_size(text, text.index(",") + 1) == size
+
+
+def test_an_oversized_data_uri_is_refused_before_decoding() -> None:
+    uri = codec.data_uri("png", "A" * 4000 + "!")  # never decoded: "!" is not base64
+    with pytest.raises(codec.ImageTooLarge) as info:
+        codec.decode_data_uri(uri, max_bytes=2999)
+    assert (info.value.size, info.value.limit) == (3000, 2999)
+
+
 def test_data_uri_round_trip() -> None:
     b64 = codec.encode_b64(SAMPLES["png"])
     uri = codec.data_uri("png", b64)
@@ -219,7 +237,7 @@ def test_check_b64_accepts_strict_base64(text: bytes) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", [b"QUJ", b"QU=D", b"Q===", b"QUJD\n", b"QU-_", b"=QUJ", b"QUJ\xff"]
+    "text", [b"QUJ", b"QU=D", b"Q===", b"QUJD\n", b"QU-_", b"=QUJ", b"QUJ\xff", b"QUJD===="]
 )
 def test_check_b64_refuses_what_the_strict_decode_refuses(text: bytes) -> None:
     with pytest.raises(codec.ImageError):

@@ -29,7 +29,8 @@ def test_json_body_accepts_the_image_url_spellings() -> None:
             "prompt": "x",
             "images": [{"image_url": uri(data)}, {"image_url": {"url": uri(data)}}, uri(data)],
             "mask": {"image_url": uri(data)},
-        }
+        },
+        max_image_bytes=len(data),
     )
     assert body.images == [data, data, data]
     assert body.mask == data
@@ -47,8 +48,29 @@ def test_json_body_accepts_the_image_url_spellings() -> None:
 )
 def test_json_body_refusals(images: object, code: str, param: str) -> None:
     with pytest.raises(GatewayError) as info:
-        edit_body_from_json({"prompt": "x", "images": images})
+        edit_body_from_json({"prompt": "x", "images": images}, max_image_bytes=1000)
     assert (info.value.code, info.value.param) == (code, param)
+
+
+def test_json_body_drops_the_image_text_as_it_decodes() -> None:
+    fields = {"prompt": "x", "images": [uri(png())], "mask": uri(png())}
+    body = edit_body_from_json(fields, max_image_bytes=1000)
+    assert "images" not in body.fields and "mask" not in body.fields
+    assert body.fields == {"prompt": "x"}
+
+
+@pytest.mark.parametrize("field", ["images", "mask"])
+def test_an_oversized_data_uri_is_413_from_its_length(field: str) -> None:
+    data = png()
+
+    def body() -> dict[str, object]:  # fresh each time: the decoder empties the list
+        return {field: [uri(data)] if field == "images" else uri(data)}
+
+    assert edit_body_from_json(body(), max_image_bytes=len(data)) is not None
+    with pytest.raises(PayloadTooLarge) as info:
+        edit_body_from_json(body(), max_image_bytes=len(data) - 1)
+    assert info.value.param == ("images[0]" if field == "images" else "mask")
+    assert f"{len(data)} bytes" in info.value.message
 
 
 def test_check_images_limits() -> None:

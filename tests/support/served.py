@@ -86,8 +86,13 @@ class ServedGateway:
         return self._status("VmRSS")
 
     def peak_rss_bytes(self) -> int:
-        """The process's high-water mark of resident memory since it started."""
+        """The process's high-water mark of resident memory since it started (or since
+        `reset_peak_rss`)."""
         return self._status("VmHWM")
+
+    def reset_peak_rss(self) -> None:
+        """Start a new high-water mark at the current RSS (Linux: `clear_refs` value 5)."""
+        Path(f"/proc/{self.pid}/clear_refs").write_text("5")
 
     def log(self) -> str:
         return self.process.log_path.read_text(errors="replace")
