@@ -14,7 +14,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
-from app.db.engine import make_engine
+from app.db.engine import engine_for
 from app.db.models import Account
 from app.keys.service import KeyService
 from app.ledger.service import Ledger
@@ -40,7 +40,7 @@ async def ensure_demo_key(settings: Settings) -> DemoKey | None:
     key_file = demo_key_file(settings)
     if key_file is None:
         return None
-    engine = make_engine(settings.database_url)
+    engine = engine_for(settings)
     try:
         async with engine.connect() as conn:
             accounts = (await conn.execute(select(func.count()).select_from(Account))).scalar_one()

@@ -7,14 +7,20 @@ exception handlers in `app.api.errors` turn them into
     {"error": {"message": ..., "type": ..., "param": ..., "code": ...}}
 
 with `x-should-retry: false` on every 4xx a retry cannot fix (all but 408/409/429) and
-`Retry-After` where the error carries one. Adapters translate provider failures into the
-`Upstream*` / `ContentBlocked` classes at their own boundary, chaining the cause with
-`raise ... from exc`; nothing else should leak out of an adapter.
+`Retry-After` where the error carries one; every 503 carries one (`UNAVAILABLE_RETRY_AFTER_S`
+when the error has no better figure, e.g. a provider that is down without saying for how
+long). Adapters translate provider failures into the `Upstream*` / `ContentBlocked` classes at
+their own boundary, chaining the cause with `raise ... from exc`; nothing else should leak out
+of an adapter.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
+
+#: `Retry-After` of a 503 that has no figure of its own: long enough for a restarted provider
+#: or database to come back, short enough that a client does not give up on us
+UNAVAILABLE_RETRY_AFTER_S = 5.0
 
 
 class GatewayError(Exception):
@@ -54,8 +60,11 @@ class GatewayError(Exception):
         headers: dict[str, str] = {}
         if not self.should_retry:
             headers["x-should-retry"] = "false"
-        if self.retry_after is not None:
-            headers["retry-after"] = str(max(1, round(self.retry_after)))
+        retry_after = self.retry_after
+        if retry_after is None and self.status == 503:
+            retry_after = UNAVAILABLE_RETRY_AFTER_S
+        if retry_after is not None:
+            headers["retry-after"] = str(max(1, round(retry_after)))
         return headers
 
 

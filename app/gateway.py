@@ -2,8 +2,11 @@
 
 `open_gateway(settings)` is the application's lifespan: it loads and compiles the catalog, opens
 one database engine and ONE pooled `httpx.AsyncClient`, builds one adapter per catalog provider,
-the ledger, key services, rate limiter and the background sweeper, and tears it all down in
-reverse order. Routes reach it as `request.app.state.gateway`.
+the ledger, key services, rate limiter, the `ImageService` (with exactly what it uses) and the
+background sweeper, and tears it all down in reverse order (requests still at work first).
+Routes reach it as `request.app.state.gateway`. Lower layers never import this module. While it
+is open, SIGHUP reloads the catalog in place (`app.catalog.reload`; also
+`POST /admin/v1/catalog/reload`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,11 @@ from app.adapters.base import AdapterContext, ImageAdapter
 from app.adapters.registry import build_adapter
 from app.catalog.live import CatalogSnapshot, LiveCatalog
 from app.catalog.loader import Catalog, load_catalog
-from app.db.engine import make_engine
+from app.catalog.reload import CatalogReloader, reload_on_sighup
+from app.db.engine import engine_for
+from app.images.admission import Admissions
+from app.images.routing import Router
+from app.images.service import ImageLimits, ImageService
 from app.images.work import ImageWorkPool
 from app.keys.auth import KeyAuthenticator
 from app.keys.service import KeyService
@@ -56,6 +63,10 @@ class Gateway:
     image_work: ImageWorkPool
     #: failed admin-token attempts per client address (`app.security.throttle`)
     admin_throttle: FailureThrottle
+    #: generations and edits (`app.images.service`)
+    images: ImageService
+    #: re-reads the catalog file into `live` (SIGHUP, `POST /admin/v1/catalog/reload`)
+    reloader: CatalogReloader
     #: the upstream and database pools' occupancy, for metrics (app.pools)
     pools: list[PoolGauge] = field(default_factory=list)
 
@@ -83,11 +94,7 @@ def pool_gauges(gateway: Gateway) -> list[PoolGauge]:
 @contextlib.asynccontextmanager
 async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
     catalog = load_catalog(settings.gateway_config, os.environ)  # logs its own warnings
-    engine = make_engine(
-        settings.database_url,
-        pool_size=settings.db_pool_size,
-        pool_timeout_s=settings.db_pool_timeout_s,
-    )
+    engine = engine_for(settings)
     http = make_http_client(settings)
     rate_limiter = make_rate_limiter(settings.redis_url)
     ledger = Ledger(engine, clock=file_clock(settings.clock_file))
@@ -95,21 +102,15 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
         workers=settings.image_workers,
         budget_pixels=settings.image_budget_megapixels * 1_000_000,
     )
+    adapter_context = AdapterContext(
+        http=http, max_download_bytes=settings.max_download_bytes, image_work=image_work
+    )
+    live = LiveCatalog(CatalogSnapshot(catalog, build_adapters(catalog, adapter_context)))
+    # a claim stays in progress as long as its request may run: the hold timeout
+    idempotency = IdempotencyStore(engine, lease_s=settings.hold_timeout_s)
     gateway = Gateway(
         settings=settings,
-        live=LiveCatalog(
-            CatalogSnapshot(
-                catalog,
-                build_adapters(
-                    catalog,
-                    AdapterContext(
-                        http=http,
-                        max_download_bytes=settings.max_download_bytes,
-                        image_work=image_work,
-                    ),
-                ),
-            )
-        ),
+        live=live,
         engine=engine,
         http=http,
         ledger=ledger,
@@ -126,7 +127,7 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
             default_rpm=settings.default_key_rpm,
             default_max_concurrency=settings.default_key_max_concurrency,
         ),
-        idempotency=IdempotencyStore(engine),
+        idempotency=idempotency,
         rate_limiter=rate_limiter,
         image_work=image_work,
         admin_throttle=FailureThrottle(
@@ -134,6 +135,24 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
             burst=settings.admin_failure_burst,
             refill_s=settings.admin_failure_refill_s,
         ),
+        images=ImageService(
+            live=live,
+            admissions=Admissions(
+                ledger=ledger,
+                idempotency=idempotency,
+                rate_limiter=rate_limiter,
+                idempotency_ttl_s=settings.idempotency_ttl_s,
+            ),
+            router=Router(),  # process-wide: its breaker remembers each provider's health
+            image_work=image_work,
+            limits=ImageLimits(
+                max_image_bytes=settings.max_image_bytes,
+                max_image_pixels=settings.max_image_pixels,
+                stream_keepalive_s=settings.stream_keepalive_s,
+                shutdown_grace_s=settings.shutdown_grace_s,
+            ),
+        ),
+        reloader=CatalogReloader(live, path=settings.gateway_config, context=adapter_context),
     )
     gateway.pools = pool_gauges(gateway)
     sweeper = Sweeper(ledger, idempotency=gateway.idempotency)
@@ -144,8 +163,10 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
         name="ledger-sweeper",
     )
     try:
-        yield gateway
+        with reload_on_sighup(gateway.reloader):
+            yield gateway
     finally:
+        await gateway.images.wait_idle()  # admitted requests settle, store and release
         sweeper_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper_task

@@ -53,3 +53,23 @@ def micros_to_decimal(micros: int) -> Decimal:
 
 def micros_to_json(micros: int) -> float:
     return micros / MICROS_PER_USD
+
+
+#: the largest balance an account may reach (a credit beyond it is refused): 2**53 - 1
+#: micro-dollars, about 9.007 billion USD. Every integer up to it is exact in a JSON number read
+#: as a double (JavaScript, the float our JSON APIs emit), and it is far below BIGINT's
+#: 2**63 - 1, so adding any accepted amount (at most MAX_USD) to a balance cannot overflow.
+MAX_AMOUNT_MICROS = 2**53 - 1
+
+
+def check_amount(micros: int) -> int:
+    """`micros` when it is within MAX_USD either way (for amounts that arrive as integers of
+    micro-dollars rather than through `parse_usd`), else `MoneyError`."""
+    if abs(micros) > MAX_USD * MICROS_PER_USD:
+        raise MoneyError(f"amount is beyond the limit of {MAX_USD} USD either way")
+    return micros
+
+
+def max_usd_text() -> str:
+    """The largest balance, as USD text."""
+    return f"{micros_to_decimal(MAX_AMOUNT_MICROS)}"

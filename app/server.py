@@ -26,15 +26,40 @@ from app.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+#: how long a worker may take to answer the supervisor's health ping before it is replaced
+WORKER_HEALTHCHECK_S = 30
+
 
 class _ForwardHup(Multiprocess):
     """uvicorn's supervisor, but SIGHUP reloads each worker's catalog instead of restarting it."""
 
     def handle_hup(self) -> None:
+        """Pass SIGHUP on to every worker that has finished starting. A worker still starting
+        has no handler yet (the app's lifespan installs it) and the signal's default action
+        would kill it, so it is signalled as soon as it reports ready (checked on every
+        supervisor tick, `handle_signals`): no worker misses a reload, none dies of one."""
         logger.info("SIGHUP: asking %d workers to reload the catalog", len(self.processes))
-        for process in self.processes:
-            if process.process.pid is not None and process.is_alive(timeout=1):
-                os.kill(process.process.pid, signal.SIGHUP)
+        self._hup_pending = frozenset(p.pid for p in self.processes if p.pid is not None)
+        self._forward_hup()
+
+    _hup_pending: frozenset[int] = frozenset()
+
+    def handle_signals(self) -> None:
+        super().handle_signals()
+        if self._hup_pending:
+            self._forward_hup()
+
+    def _forward_hup(self) -> None:
+        workers = {process.pid: process for process in self.processes}
+        done = set()
+        for pid in self._hup_pending:
+            worker = workers.get(pid)
+            if worker is None:  # replaced since: its successor read the file when it started
+                done.add(pid)
+            elif worker.is_ready(timeout=1):
+                os.kill(pid, signal.SIGHUP)
+                done.add(pid)
+        self._hup_pending -= done
 
 
 def preflight(settings: Settings) -> None:
@@ -51,6 +76,10 @@ def run_server(
     )
     preflight(settings)
     upgrade(settings.database_url)
+    if workers > 1:
+        # the workers inherit it: an admin catalog reload in one of them SIGHUPs this process,
+        # the supervisor, which forwards that to every worker (`app.admin.catalog`)
+        os.environ["GATEWAY_SUPERVISOR_PID"] = str(os.getpid())
     demo = asyncio.run(ensure_demo_key(settings))
     if demo:
         admin_enabled = bool(settings.admin_token)
@@ -61,6 +90,9 @@ def run_server(
         host=host,
         port=port,
         workers=workers,
+        # the supervisor kills a worker that does not answer its ping in time; uvicorn's 5 s
+        # kills workers that are merely slow to start on a busy host, again and again
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
         log_level=settings.log_level,
         access_log=access_log,
         proxy_headers=True,

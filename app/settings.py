@@ -8,17 +8,31 @@ from __future__ import annotations
 
 import os
 import urllib.request
+from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.money import MoneyError, parse_usd
 
 DEFAULT_SQLITE_PATH = Path("data") / "image-gateway.db"
 #: the admin token guards every balance: short enough to guess is refused at start-up
 MIN_ADMIN_TOKEN_CHARS = 32
 DEFAULT_CONFIG_PATH = Path("config") / "models.yaml"
+
+
+class LogLevel(StrEnum):
+    """`GATEWAY_LOG_LEVEL`, any case; the names logging and uvicorn both understand."""
+
+    CRITICAL = "critical"
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+    DEBUG = "debug"
 
 
 def project_home() -> Path:
@@ -50,9 +64,12 @@ class Settings(BaseSettings):
     #: at least MIN_ADMIN_TOKEN_CHARS characters; unset = the admin API is off
     admin_token: str | None = Field(default=None, validation_alias="GATEWAY_ADMIN_TOKEN")
     redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
+    #: set by `serve --workers N` for its workers (never by hand): the supervisor to SIGHUP
+    #: so that an admin catalog reload reaches every worker, not only the one that answered
+    supervisor_pid: int | None = Field(default=None, validation_alias="GATEWAY_SUPERVISOR_PID")
 
     # Keys
-    key_cache_ttl_s: float = Field(default=2.0, validation_alias="GATEWAY_KEY_CACHE_TTL_S")
+    key_cache_ttl_s: float = Field(default=2.0, ge=0, validation_alias="GATEWAY_KEY_CACHE_TTL_S")
     #: how long an unknown key is remembered as unknown (new secrets are fresh random values)
     unknown_key_cache_ttl_s: float = Field(
         default=300.0, gt=0, validation_alias="GATEWAY_UNKNOWN_KEY_CACHE_TTL_S"
@@ -68,15 +85,19 @@ class Settings(BaseSettings):
     admin_failure_refill_s: float = Field(
         default=12.0, gt=0, validation_alias="GATEWAY_ADMIN_FAILURE_REFILL_S"
     )
-    default_key_rpm: int | None = Field(default=None, validation_alias="GATEWAY_DEFAULT_KEY_RPM")
+    default_key_rpm: int | None = Field(
+        default=None, gt=0, validation_alias="GATEWAY_DEFAULT_KEY_RPM"
+    )
     default_key_max_concurrency: int | None = Field(
-        default=None, validation_alias="GATEWAY_DEFAULT_KEY_MAX_CONCURRENCY"
+        default=None, gt=0, validation_alias="GATEWAY_DEFAULT_KEY_MAX_CONCURRENCY"
     )
 
     # Money
-    hold_timeout_s: float = Field(default=900.0, validation_alias="GATEWAY_HOLD_TIMEOUT_S")
-    sweep_interval_s: float = Field(default=30.0, validation_alias="GATEWAY_SWEEP_INTERVAL_S")
-    idempotency_ttl_s: int = Field(default=86_400, validation_alias="GATEWAY_IDEMPOTENCY_TTL_S")
+    hold_timeout_s: float = Field(default=900.0, gt=0, validation_alias="GATEWAY_HOLD_TIMEOUT_S")
+    sweep_interval_s: float = Field(default=30.0, gt=0, validation_alias="GATEWAY_SWEEP_INTERVAL_S")
+    idempotency_ttl_s: int = Field(
+        default=86_400, gt=0, validation_alias="GATEWAY_IDEMPOTENCY_TTL_S"
+    )
     demo_balance_usd: str = Field(default="10", validation_alias="GATEWAY_DEMO_BALANCE")
     #: tests only: a file holding an ISO-8601 instant that is "now" for budget calendars
     #: (read on every budgeted hold, so a test can move every process across midnight)
@@ -84,17 +105,19 @@ class Settings(BaseSettings):
 
     # Limits on what crosses the wire
     max_request_bytes: int = Field(
-        default=64 * 1024 * 1024, validation_alias="GATEWAY_MAX_REQUEST_BYTES"
+        default=64 * 1024 * 1024, gt=0, validation_alias="GATEWAY_MAX_REQUEST_BYTES"
     )
     max_download_bytes: int = Field(
-        default=50 * 1024 * 1024, validation_alias="GATEWAY_MAX_DOWNLOAD_BYTES"
+        default=50 * 1024 * 1024, gt=0, validation_alias="GATEWAY_MAX_DOWNLOAD_BYTES"
     )
     #: per reference image of an edit (multipart part or decoded data: URI)
     max_image_bytes: int = Field(
-        default=20 * 1024 * 1024, validation_alias="GATEWAY_MAX_IMAGE_BYTES"
+        default=20 * 1024 * 1024, gt=0, validation_alias="GATEWAY_MAX_IMAGE_BYTES"
     )
     #: decoded size of any image, the client's or the provider's (decompression bombs)
-    max_image_pixels: int = Field(default=100_000_000, validation_alias="GATEWAY_MAX_IMAGE_PIXELS")
+    max_image_pixels: int = Field(
+        default=100_000_000, gt=0, validation_alias="GATEWAY_MAX_IMAGE_PIXELS"
+    )
 
     # Image work (decode, transcode, render): bounded threads under a budget of decoded
     # megapixels in flight, so concurrent worst-case uploads queue instead of multiplying RSS
@@ -112,20 +135,53 @@ class Settings(BaseSettings):
     #: connections to all providers together; image generations are slow (seconds to
     #: minutes), so every request in flight holds one: size it for the concurrency you serve
     upstream_max_connections: int = Field(
-        default=4096, validation_alias="GATEWAY_UPSTREAM_MAX_CONNECTIONS"
+        default=4096, gt=0, validation_alias="GATEWAY_UPSTREAM_MAX_CONNECTIONS"
     )
     upstream_transport: Literal["aiohttp", "httpx"] = Field(
         default="aiohttp", validation_alias="GATEWAY_UPSTREAM_TRANSPORT"
     )
-    stream_keepalive_s: float = Field(default=15.0, validation_alias="GATEWAY_STREAM_KEEPALIVE_S")
+    stream_keepalive_s: float = Field(
+        default=15.0, gt=0, validation_alias="GATEWAY_STREAM_KEEPALIVE_S"
+    )
+    #: on shutdown (SIGTERM), how long open streams may still run before they are refunded
+    #: and ended with an `event: error`; in-flight plain requests always finish
+    shutdown_grace_s: float = Field(default=30.0, gt=0, validation_alias="GATEWAY_SHUTDOWN_GRACE_S")
 
     # Database pool: connections are held per statement (never across an upstream call), so
     # a few dozen serve thousands of requests in flight; beyond it requests queue (no overflow
     # connections: opening and closing them per burst cost more than the wait)
-    db_pool_size: int = Field(default=20, validation_alias="GATEWAY_DB_POOL_SIZE")
-    db_pool_timeout_s: float = Field(default=30.0, validation_alias="GATEWAY_DB_POOL_TIMEOUT_S")
+    db_pool_size: int = Field(default=20, ge=1, validation_alias="GATEWAY_DB_POOL_SIZE")
+    #: how long a request waits for a pooled connection before it is answered 503
+    db_pool_timeout_s: float = Field(
+        default=30.0, gt=0, validation_alias="GATEWAY_DB_POOL_TIMEOUT_S"
+    )
+    #: how long opening one database connection may take (an unreachable host, a full server)
+    db_connect_timeout_s: float = Field(
+        default=5.0, gt=0, validation_alias="GATEWAY_DB_CONNECT_TIMEOUT_S"
+    )
+    #: the longest one SQL statement may run or wait for a lock (Postgres `statement_timeout`,
+    #: SQLite's busy timeout); the client gives up a little later when no answer comes at all
+    db_statement_timeout_s: float = Field(
+        default=30.0, gt=0, validation_alias="GATEWAY_DB_STATEMENT_TIMEOUT_S"
+    )
 
-    log_level: str = Field(default="info", validation_alias="GATEWAY_LOG_LEVEL")
+    log_level: LogLevel = Field(default=LogLevel.INFO, validation_alias="GATEWAY_LOG_LEVEL")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _any_case_log_level(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("demo_balance_usd")
+    @classmethod
+    def _demo_balance_is_usd(cls, value: str) -> str:
+        try:
+            micros = parse_usd(value)
+        except MoneyError as exc:
+            raise ValueError(f"not a USD amount: {exc}") from None
+        if micros < 0:
+            raise ValueError("must not be negative")
+        return value
 
     @field_validator("admin_token")
     @classmethod
@@ -165,6 +221,19 @@ class Settings(BaseSettings):
             )
         if "gateway_config" not in self.model_fields_set:
             self.gateway_config = self.gateway_home / DEFAULT_CONFIG_PATH
+        return self
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        # Pairs of settings where one cannot do its job next to the other. The message starts
+        # with the setting to change: `app.preflight` prints it as the one line of the refusal.
+        if self.sweep_interval_s >= self.hold_timeout_s:
+            raise PydanticCustomError(
+                "settings_conflict",
+                "GATEWAY_SWEEP_INTERVAL_S: {sweep} must be below GATEWAY_HOLD_TIMEOUT_S "
+                "({hold}), or expired holds wait longer than the timeout says",
+                {"sweep": f"{self.sweep_interval_s:g}", "hold": f"{self.hold_timeout_s:g}"},
+            )
         return self
 
     @property

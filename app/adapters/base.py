@@ -118,16 +118,24 @@ class UpstreamImage:
 
 @dataclass(frozen=True, slots=True)
 class TokenUsage:
+    """Token counts as the provider reported them; the details map `<modality>_tokens`
+    (`text_tokens`, `image_tokens`, ...) to counts."""
+
     input_tokens: int = 0
     output_tokens: int = 0
     total_tokens: int = 0
     input_tokens_details: dict[str, int] | None = None
+    output_tokens_details: dict[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class AdapterResult:
     images: list[UpstreamImage]
     usage: TokenUsage | None = None
+    #: the settings the provider says it used (OpenAI-style answers resolve `quality: auto`
+    #: and `background: auto` to what was chosen); None where it does not say
+    quality: str | None = None
+    background: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -240,6 +240,7 @@ class _Usage(_Wire):
     tool_use_prompt_token_count: int | None = None
     total_token_count: int | None = None
     prompt_tokens_details: list[_ModalityCount] | None = None
+    candidates_tokens_details: list[_ModalityCount] | None = None
 
 
 class _Response(_Wire):
@@ -330,17 +331,23 @@ def _usage(usage: _Usage | None) -> TokenUsage | None:
         return None
     input_tokens = (usage.prompt_token_count or 0) + (usage.tool_use_prompt_token_count or 0)
     output_tokens = (usage.candidates_token_count or 0) + (usage.thoughts_token_count or 0)
-    details: dict[str, int] = {}
-    for entry in usage.prompt_tokens_details or ():
-        if entry.modality and entry.token_count is not None:
-            key = f"{entry.modality.lower()}_tokens"
-            details[key] = details.get(key, 0) + entry.token_count
     return TokenUsage(
         input_tokens=input_tokens,
         output_tokens=output_tokens,
         total_tokens=usage.total_token_count or input_tokens + output_tokens,
-        input_tokens_details=details or None,
+        input_tokens_details=_by_modality(usage.prompt_tokens_details),
+        output_tokens_details=_by_modality(usage.candidates_tokens_details),
     )
+
+
+def _by_modality(counts: list[_ModalityCount] | None) -> dict[str, int] | None:
+    """Gemini's `[{modality: IMAGE, tokenCount: 258}]` as `{"image_tokens": 258}`."""
+    details: dict[str, int] = {}
+    for entry in counts or ():
+        if entry.modality and entry.token_count is not None:
+            key = f"{entry.modality.lower()}_tokens"
+            details[key] = details.get(key, 0) + entry.token_count
+    return details or None
 
 
 # -- errors -----------------------------------------------------------------------------------

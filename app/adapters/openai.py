@@ -111,6 +111,9 @@ class ParsedImage:
 class ParsedResponse:
     images: list[ParsedImage]
     usage: TokenUsage | None
+    #: what the provider says it used (GPT Image answers resolve `auto`)
+    quality: str | None = None
+    background: str | None = None
 
 
 def is_gpt_image(upstream_model: str, provider: ProviderConfig) -> bool:
@@ -207,12 +210,15 @@ class _WireUsage(BaseModel):
     output_tokens: int = 0
     total_tokens: int = 0
     input_tokens_details: dict[str, int] | None = None
+    output_tokens_details: dict[str, int] | None = None
 
 
 class _WireResponse(BaseModel):
     model_config = ConfigDict(extra="ignore")
     data: list[_WireImage] | None = None
     usage: _WireUsage | None = None
+    quality: str | None = None
+    background: str | None = None
 
 
 def parse_response(body: bytes) -> ParsedResponse:
@@ -239,7 +245,7 @@ def parse_response(body: bytes) -> ParsedResponse:
     usage = None
     if wire.usage is not None:
         usage = TokenUsage(**wire.usage.model_dump())
-    return ParsedResponse(images, usage)
+    return ParsedResponse(images, usage, quality=wire.quality, background=wire.background)
 
 
 def map_error(
@@ -316,6 +322,8 @@ class OpenAIAdapter:
         return AdapterResult(
             images=[image for result in results for image in result.images],
             usage=sum_usage([r.usage for r in results]),
+            quality=next((r.quality for r in results if r.quality), None),
+            background=next((r.background for r in results if r.background), None),
         )
 
     async def _call(
@@ -350,7 +358,12 @@ class OpenAIAdapter:
                 api_key=self._provider.api_key,
             )
         parsed = parse_response(body)
-        return AdapterResult(images=await self._materialize(parsed.images), usage=parsed.usage)
+        return AdapterResult(
+            images=await self._materialize(parsed.images),
+            usage=parsed.usage,
+            quality=parsed.quality,
+            background=parsed.background,
+        )
 
     async def _materialize(self, parsed: list[ParsedImage]) -> list[UpstreamImage]:
         """Bytes for every entry, downloading URL entries concurrently; a failed download
@@ -379,13 +392,18 @@ def sum_usage(usages: list[TokenUsage | None]) -> TokenUsage | None:
     present = [u for u in usages if u is not None]
     if not present:
         return None
-    details: dict[str, int] = {}
-    for usage in present:
-        for key, value in (usage.input_tokens_details or {}).items():
-            details[key] = details.get(key, 0) + value
     return TokenUsage(
         input_tokens=sum(u.input_tokens for u in present),
         output_tokens=sum(u.output_tokens for u in present),
         total_tokens=sum(u.total_tokens for u in present),
-        input_tokens_details=details or None,
+        input_tokens_details=_sum_details([u.input_tokens_details for u in present]),
+        output_tokens_details=_sum_details([u.output_tokens_details for u in present]),
     )
+
+
+def _sum_details(details: list[dict[str, int] | None]) -> dict[str, int] | None:
+    total: dict[str, int] = {}
+    for one in details:
+        for key, value in (one or {}).items():
+            total[key] = total.get(key, 0) + value
+    return total or None

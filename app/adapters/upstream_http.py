@@ -7,7 +7,11 @@ gateway errors, size-limited body reads, result-URL downloads and message hygien
 
 Provider messages are passed to clients only through `redact`, which removes the
 provider's key (and anything shaped like an API key or bearer token) and bounds the length:
-upstream error texts sometimes quote the credential they rejected.
+upstream error texts sometimes quote the credential they rejected. Messages built here name
+the provider's host, which the logs want; before any of them reaches a client, the router
+passes it through `hide_addresses`, which puts "the provider" in place of the provider's host
+and "[address]" in place of any other URL, IP address or host:port (a self-hosted provider's
+address is the operator's network layout, not the client's business).
 """
 
 from __future__ import annotations
@@ -32,6 +36,14 @@ _KEY_SHAPED: Final = re.compile(
     r"(?i)\b(?:bearer\s+\S+|(?:sk|pk|rk|xai|key|api[-_]?key)[-_][A-Za-z0-9_*.\-]{6,})"
 )
 _WHITESPACE: Final = re.compile(r"\s+")
+#: URLs, IPv4 (with a port or not), bracketed IPv6, and host:port where the host has a letter
+_ADDRESS: Final = re.compile(
+    r"(?i)\b[a-z][a-z0-9+.-]*://\S+"
+    r"|\b(?:\d{1,3}\.){3}\d{1,3}(?::\d{1,5})?\b"
+    r"|\[[0-9a-f:.]+\](?::\d{1,5})?"
+    r"|\b(?=[\w.-]*[a-z])[\w.-]+:\d{1,5}\b"
+    r"|\blocalhost\b"
+)
 
 
 def host_of(url: str) -> str:
@@ -147,6 +159,14 @@ def retry_after(headers: httpx.Headers) -> float | None:
         return max(0.0, parsedate_to_datetime(value).timestamp() - time())
     except (TypeError, ValueError):
         return None
+
+
+def hide_addresses(message: str, hosts: Iterable[str | None] = ()) -> str:
+    """`message` naming no host, port or URL: each of `hosts` (the provider's `host[:port]`
+    and bare host) becomes "the provider", anything else address-shaped "[address]"."""
+    for host in sorted((h for h in hosts if h), key=len, reverse=True):
+        message = message.replace(host, "the provider")
+    return _ADDRESS.sub("[address]", message)
 
 
 def redact(message: str, secrets: Iterable[str | None] = ()) -> str:

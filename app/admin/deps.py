@@ -23,6 +23,7 @@ from fastapi.routing import APIRoute
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.admin.reports import Reports
+from app.db.storable import storable_text
 from app.errors import AuthenticationError, InvalidParameter, NotFound
 from app.keys.auth import KeyAuthenticator
 from app.keys.service import KeyService
@@ -76,6 +77,14 @@ async def require_admin(request: Request) -> None:
             "Invalid admin token: send Authorization: Bearer $GATEWAY_ADMIN_TOKEN.",
             code="INVALID_ADMIN_TOKEN",
         )
+
+
+async def reject_unstorable_parameters(request: Request) -> None:
+    """A query or path parameter no text column can hold (a NUL) is a 400 naming it, before
+    any SQL runs; on Postgres it would otherwise fail inside the driver."""
+    for name, value in (*request.path_params.items(), *request.query_params.multi_items()):
+        if isinstance(value, str):
+            storable_text(value, name)
 
 
 async def reject_unknown_query(request: Request) -> None:

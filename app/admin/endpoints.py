@@ -19,11 +19,13 @@ Decisions:
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
+from app.admin.catalog import router as catalog_router
+from app.admin.decimal_json import DecimalJSONRoute
 from app.admin.deps import (
     DEFAULT_PAGE_SIZE,
     AuthenticatorDep,
@@ -35,6 +37,7 @@ from app.admin.deps import (
     ReportsDep,
     SettingsDep,
     reject_unknown_query,
+    reject_unstorable_parameters,
     require_admin,
 )
 from app.admin.reports import GroupBy, RequestFilter
@@ -56,13 +59,19 @@ from app.admin.schemas import (
 )
 from app.admin.service import CreditRequest, CreditService
 from app.api.openapi import error_responses
+from app.db.storable import utc_instant
 from app.errors import InvalidParameter
 
 router = APIRouter(
     prefix="/admin/v1",
     tags=["admin"],
-    dependencies=[Depends(require_admin), Depends(reject_unknown_query)],
+    dependencies=[
+        Depends(require_admin),
+        Depends(reject_unknown_query),
+        Depends(reject_unstorable_parameters),
+    ],
     responses=error_responses(400, 401, 404, 409, 429, 503),
+    route_class=DecimalJSONRoute,
 )
 
 RequestState = Literal["pending", "settled", "swept", "unbilled"]
@@ -216,7 +225,8 @@ async def usage(
     to: datetime | None = None,
     group_by: GroupBy | None = None,
 ) -> UsageOut:
-    since, until = _utc(from_), _utc(to)
+    since = None if from_ is None else utc_instant(from_, "from")
+    until = None if to is None else utc_instant(to, "to")
     if since is not None and until is not None and until <= since:
         raise InvalidParameter("'to' must be later than 'from'.", param="to")
     filters = RequestFilter(
@@ -244,7 +254,5 @@ async def list_requests(
     return Page(data=[RequestOut.of(record) for record in records], next_cursor=next_cursor)
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+# catalog ------------------------------------------------------------------------------
+router.include_router(catalog_router)  # POST /admin/v1/catalog/reload (`app.admin.catalog`)

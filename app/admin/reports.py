@@ -53,6 +53,8 @@ class RequestRecord:
     user: str | None
     created_at: datetime
     finished_at: datetime | None
+    #: the provider attempts ("openai:UPSTREAM_ERROR>fal:ok"); None: no provider was called
+    route: str | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> RequestRecord:
@@ -73,6 +75,7 @@ class RequestRecord:
             user=row.user,
             created_at=as_utc(row.created_at),
             finished_at=None if row.finished_at is None else as_utc(row.finished_at),
+            route=row.route,
         )
 
 

@@ -1,10 +1,12 @@
 """Admin API request and response bodies.
 
 Money in JSON is a decimal number of USD. Input accepts a JSON number or a string
-(`"10.25"`), parsed exactly by `app.money.parse_usd`; anything finer than one micro-dollar is a
-400 naming the field rather than being rounded. A JSON number has already been through a float
-by the time it gets here, so send strings when more than ~15 significant digits matter. Output
-uses `micros_to_json`, whose float prints as the exact decimal.
+(`"0.25"`, `25`, `25.5`), parsed exactly by `app.money.parse_usd`; anything finer than one
+micro-dollar, or beyond `MAX_USD` (1e9 USD) either way, is a 400 naming the field rather than
+being rounded or overflowing a column. JSON numbers in admin bodies are decoded
+as `Decimal`, never as floats (`app.admin.decimal_json`), so `0.1` is exactly 0.1. The OpenAPI
+document describes such a field as "a number or a decimal string" (`UsdAmount`). Output uses
+`micros_to_json`, whose float prints as the exact decimal.
 
 Request bodies forbid unknown fields so a typo (`"balanse"`) is a 400, not a silent no-op.
 Range checks that the services do anyway (key limits, expiry, non-zero credits) are left to
@@ -14,23 +16,34 @@ them, so the admin API and the CLI give the same answers.
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated, Any, Generic, Literal, Self, TypeVar
 
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+)
 from pydantic_core import PydanticCustomError
 
 from app.admin.reports import GroupBy, RequestRecord, UsageRow, usage_total
+from app.db.storable import has_nul
 from app.keys.repository import KeyRecord
 from app.ledger.budgets import Budget, BudgetUsage
 from app.ledger.records import AccountRecord, LedgerRow
-from app.money import MoneyError, micros_to_json, parse_usd
+from app.money import MAX_USD, MoneyError, micros_to_json, parse_usd
 
 T = TypeVar("T")
 
 
 def _usd_to_micros(value: Any) -> int:
     # PydanticCustomError: the message reaches the client without pydantic's "Value error, "
-    if not isinstance(value, int | float | str) or isinstance(value, bool):
+    if not isinstance(value, int | float | str | Decimal) or isinstance(value, bool):
         raise PydanticCustomError(
             "usd_amount", "must be a decimal number of USD, as a number or a string"
         )
@@ -40,9 +53,35 @@ def _usd_to_micros(value: Any) -> int:
         raise PydanticCustomError("usd_amount", str(exc)) from exc
 
 
+def _no_nul(value: str) -> str:
+    if has_nul(value):
+        raise PydanticCustomError("nul_character", "must not contain a NUL character")
+    return value
+
+
+#: how the OpenAPI document shows a USD amount: what a client may send, not our micro-dollars
+USD_AMOUNT_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "number"},
+        {"type": "string", "pattern": r"^[+-]?(\d+(\.\d*)?|\.\d+)$"},
+    ],
+    "title": "UsdAmount",
+    "description": (
+        "USD as a JSON number or a decimal string, at most 6 decimal places (one "
+        f"micro-dollar), at most {MAX_USD} either way"
+    ),
+    "examples": ["0.25", 25, 25.5],
+}
+
 #: a USD amount in the body, as integer micro-dollars once validated
-Micros = Annotated[int, BeforeValidator(_usd_to_micros)]
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Micros = Annotated[int, BeforeValidator(_usd_to_micros), WithJsonSchema(USD_AMOUNT_SCHEMA)]
+#: text that goes into a column: no NUL (Postgres refuses it)
+Text = Annotated[str, AfterValidator(_no_nul)]
+Name = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    AfterValidator(_no_nul),
+]
 
 
 class _Request(BaseModel):
@@ -58,12 +97,15 @@ class AccountUpdate(_Request):
     name: Name | None = None
     status: Literal["active", "suspended"] | None = None
     #: IANA zone of the account's calendar (day/month key budgets); validated by the ledger
-    timezone: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    timezone: (
+        Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_no_nul)]
+        | None
+    ) = None
 
 
 class CreditCreate(_Request):
     amount: Micros
-    note: Annotated[str, StringConstraints(max_length=1000)] | None = None
+    note: Annotated[str, StringConstraints(max_length=1000), AfterValidator(_no_nul)] | None = None
 
 
 class BudgetIn(_Request):
@@ -77,8 +119,8 @@ class BudgetIn(_Request):
 
 
 class KeyCreate(_Request):
-    name: str
-    models: list[str] | None = None
+    name: Text
+    models: list[Text] | None = None
     rpm: int | None = None
     max_concurrency: int | None = None
     expires_at: AwareDatetime | None = None
@@ -256,6 +298,8 @@ class RequestOut(BaseModel):
     user: str | None
     created_at: datetime
     finished_at: datetime | None
+    #: the provider attempts in order ("openai:UPSTREAM_ERROR>fal:ok"; the last `ok` answered)
+    route: str | None = None
 
     @classmethod
     def of(cls, record: RequestRecord) -> Self:
@@ -276,6 +320,7 @@ class RequestOut(BaseModel):
             user=record.user,
             created_at=record.created_at,
             finished_at=record.finished_at,
+            route=record.route,
         )
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from app.errors import InvalidParameter
-from app.ledger.idempotency import MAX_KEY_LENGTH, IdempotencyStore, request_hash
+from app.ledger.idempotency import MAX_KEY_LENGTH, IdempotencyStore, StoredResponse, request_hash
 from app.ledger.records import LedgerRow
 from app.ledger.service import Ledger
 
@@ -62,20 +62,20 @@ class CreditService:
                 param="Idempotency-Key",
             )
         scope = f"admin:credits:{request.account_id}"
-        stored = await self._store.begin(
+        claim = await self._store.begin(
             scope=scope,
             key=idempotency_key,
             request_hash=request_hash(request.method, request.path, request.body),
             ttl_s=self._ttl_s,
         )
-        if stored is not None:
-            return CreditResult(stored.status_code, stored.body, replayed=True)
+        if isinstance(claim, StoredResponse):
+            return CreditResult(claim.status_code, claim.body, replayed=True)
         try:
             body = render(await self._credit(request))
         except BaseException:
-            await self._store.abandon(scope=scope, key=idempotency_key)
+            await self._store.abandon(claim)
             raise
-        await self._store.complete(scope=scope, key=idempotency_key, status_code=200, body=body)
+        await self._store.complete(claim, status_code=200, body=body, ttl_s=self._ttl_s)
         return CreditResult(200, body, replayed=False)
 
     async def _credit(self, request: CreditRequest) -> LedgerRow:

@@ -5,7 +5,10 @@ One place maps everything a request can raise into the OpenAI error shape:
 - FastAPI's `RequestValidationError` (admin bodies, query strings) becomes a 400 naming the
   first offending field.
 - Starlette's HTTP exceptions (unknown route, wrong method) keep their status.
-- Database outages become 503 `SERVICE_UNAVAILABLE` with `Retry-After`.
+- Database outages become 503 `SERVICE_UNAVAILABLE` with `Retry-After` (`app.db.faults` has
+  already turned them into `DatabaseUnavailable` on the engine; the pool's checkout timeout
+  arrives here as it is). A value the database refused (a constraint or data error) is a 400:
+  validation should have caught it before any SQL ran, so it is also logged as an error.
 - Anything else is a bug: logged with its traceback, answered with a bare 500, never leaked.
 """
 
@@ -16,18 +19,18 @@ import logging
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from app.db.faults import DatabaseUnavailable, is_outage, sqlstate
 from app.errors import (
     GatewayError,
     InternalError,
     InvalidParameter,
     InvalidRequest,
     NotFound,
-    ServiceUnavailable,
 )
 
 logger = logging.getLogger(__name__)
@@ -88,10 +91,16 @@ def register_error_handlers(app: FastAPI) -> None:
         return error_response(_http_error(exc))
 
     async def on_database_error(_: Request, exc: Exception) -> Response:
-        logger.error("database unavailable: %s", type(exc).__name__)
-        return error_response(
-            ServiceUnavailable("The gateway's database is unavailable.", retry_after=5)
-        )
+        if is_outage(exc):
+            logger.error("database unavailable: %s", type(exc).__name__)
+            return error_response(DatabaseUnavailable())
+        code = sqlstate(exc) or ""
+        if isinstance(exc, IntegrityError | DataError) or code[:2] in ("22", "23"):
+            logger.error("the database refused a value validation let through", exc_info=exc)
+            return error_response(
+                InvalidRequest("The request has a value the gateway cannot store.")
+            )
+        return await on_unexpected(_, exc)
 
     async def on_unexpected(_: Request, exc: Exception) -> Response:
         logger.exception("unhandled error", exc_info=exc)
@@ -100,7 +109,6 @@ def register_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(GatewayError, on_gateway_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
-    for db_error in (OperationalError, PoolTimeoutError, ConnectionError):
+    for db_error in (DBAPIError, PoolTimeoutError):
         app.add_exception_handler(db_error, on_database_error)
-    app.add_exception_handler(DBAPIError, on_database_error)
     app.add_exception_handler(Exception, on_unexpected)

@@ -18,7 +18,7 @@ from app.api.schemas import (
 )
 from app.api.streaming import ImageEventResponse
 from app.images.edits import JsonUpload, RequestBody
-from app.images.service import CallContext, Endpoint, ImageService, Result
+from app.images.service import CallContext, Endpoint, Result
 from app.images.streaming import ImageEventStream
 from app.keys.auth import AuthenticatedKey
 
@@ -64,7 +64,7 @@ async def create_generation(request: Request, gateway: GatewayDep, key: CurrentK
     limit = min(MAX_JSON_BODY_BYTES, gateway.settings.max_request_bytes)
     raw = bytes(await read_body(request, limit))  # small; kept for the Idempotency-Key hash
     ctx = call_context(request, key, "generations")
-    return respond(await ImageService(gateway).generate(ctx, raw))
+    return respond(await gateway.images.generate(ctx, raw))
 
 
 @router.post(
@@ -94,7 +94,7 @@ async def create_edit(request: Request, gateway: GatewayDep, key: CurrentKey) ->
     else:
         upload = JsonUpload(await read_body(request, settings.max_request_bytes))
     ctx = call_context(request, key, "edits")
-    return respond(await ImageService(gateway).edit(ctx, upload))
+    return respond(await gateway.images.edit(ctx, upload))
 
 
 def call_context(request: Request, key: AuthenticatedKey, endpoint: Endpoint) -> CallContext:

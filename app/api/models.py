@@ -40,7 +40,7 @@ async def get_model(model_id: str, gateway: GatewayDep, key: CurrentKey) -> Resp
     model = gateway.catalog.get(model_id, key.account_id)
     if model is None or not (key.allows(model_id) or key.allows(model.id)):
         raise NotFound(
-            f"The model '{model_id}' does not exist.", code="model_not_found", param="model"
+            f"The model '{model_id}' does not exist.", code="MODEL_NOT_FOUND", param="model"
         )
     entry = model.public if model_id == model.id else {**model.public, "id": model_id}
     return Response(orjson.dumps(entry), media_type="application/json")

@@ -125,16 +125,29 @@ class UsageCost(BaseModel):
     total_cost: float = Field(description="USD taken from the balance for this request")
 
 
+class TokenDetails(BaseModel):
+    """Tokens by modality; the SDK's two are always there, others the provider reports
+    (Gemini's audio, video...) ride along."""
+
+    model_config = ConfigDict(extra="allow")
+
+    image_tokens: int
+    text_tokens: int
+
+
 class ImageUsage(BaseModel):
-    """`usage` of an image response: the cost, plus token counts where the upstream gave
-    them (`app.images.results.usage_block`)."""
+    """`usage` of an image response: openai's `Usage` (every token field, zeros when the
+    provider reports none) plus the cost (`app.images.results.usage_block`)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    total_tokens: int | None = None
-    input_tokens_details: dict[str, int] | None = None
+    input_tokens: int
+    input_tokens_details: TokenDetails
+    output_tokens: int
+    output_tokens_details: TokenDetails | _Absent = Field(
+        default=None, description="only where the provider reports it"
+    )
+    total_tokens: int
     cost: UsageCost
 
 
@@ -155,6 +168,15 @@ class ImagesResponse(BaseModel):
     created: int
     model: str
     size: str = Field(description="the actual size of the images, WxH")
+    output_format: Literal["png", "jpeg", "webp"] = Field(description="of the delivered bytes")
+    background: Literal["transparent", "opaque"] = Field(
+        description="opaque unless the delivered image has an alpha channel"
+    )
+    quality: Literal["low", "medium", "high", "xhigh", "max"] | _Absent = Field(
+        default=None,
+        description="what the provider used (OpenAI resolves auto), else the requested value; "
+        "absent for models without one of these values",
+    )
     data: list[ImageData]
     usage: ImageUsage
 

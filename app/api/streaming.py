@@ -2,29 +2,34 @@
 
 sse-starlette does the ASGI work (one task sending events, one watching for the client's
 disconnect, which cancels the sending). Its own pings are off: the stream writes its
-`: keep-alive` comments itself, only while it waits on the provider. Whatever ends the
-response (last event, client gone, server shutdown, a failure before the first event), the
-stream is closed, so the hold is settled and the rate-limit lease released even when the
-event generator never started.
+`: keep-alive` comments itself, only while it waits on the provider.
+
+Ending: a client that goes away stops the sending only; the request's work goes on to its
+exit (`app.images.streaming`). On server shutdown sse-starlette sets `shutdown`, and waits
+`shutdown_grace_period` for the stream to end by itself before it cuts the connection; the
+stream drains for `drain_s` (shorter by `_CUT_MARGIN_S`), then ends with an `event: error`,
+so the connection is closed cleanly, never cut.
 """
 
 from __future__ import annotations
 
+from typing import Final
+
 import anyio
 from sse_starlette.sse import EventSourceResponse
-from starlette.types import Receive, Scope, Send
 
 from app.images.streaming import ImageEventStream
+
+#: time for the error event and the refund after the drain, before sse-starlette would cut
+_CUT_MARGIN_S: Final = 5.0
 
 
 class ImageEventResponse(EventSourceResponse):
     def __init__(self, stream: ImageEventStream) -> None:
-        super().__init__(stream.events(), ping=0)
-        self._stream = stream
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self._stream.aclose()
+        shutdown = anyio.Event()
+        super().__init__(
+            stream.events(shutdown),
+            ping=0,
+            shutdown_event=shutdown,
+            shutdown_grace_period=stream.drain_s + _CUT_MARGIN_S,
+        )

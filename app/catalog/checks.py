@@ -227,6 +227,8 @@ class StringCheck:
     def __call__(self, value: Any, *, coerce: bool) -> str:
         if not isinstance(value, str):
             raise InvalidParameter(f"{self.name} must be a string", param=self.name)
+        if "\x00" in value:  # no text column takes one (`user` is stored in the request log)
+            raise InvalidParameter(f"{self.name} must not contain a NUL character", param=self.name)
         if self.max_length is not None and len(value) > self.max_length:
             raise InvalidParameter(
                 f"{self.name} must be at most {self.max_length} characters (got {len(value)})",

@@ -27,10 +27,13 @@ Decisions where the spec is silent:
   the style fixes it (pixel, `WxH` presets), the long side squared for tier styles, else the
   model's largest size or `max_megapixels`; a per-megapixel model without any such bound is
   rejected at load.
-- per-token holds: input = `max_input_tokens` if set, else the prompt's UTF-8 byte length (a
-  byte-level BPE token covers at least one byte, so this bounds the real count), plus
-  `max_input_tokens_per_reference_image` per edit image; output = n *
-  `max_output_tokens_per_image`. Settling without upstream usage bills that same bound for the
+- per-token holds: per image, input = `max_input_tokens` if set, else the prompt's UTF-8 byte
+  length (a byte-level BPE token covers at least one byte, so this bounds the real count),
+  plus `max_input_tokens_per_reference_image` per edit image; output =
+  `max_output_tokens_per_image`; times n. The input is counted once PER IMAGE, not once per
+  request: adapters fan `n` out into up to n upstream calls (one image each: Gemini, BFL,
+  Stability, `fan_out` servers), and every call re-sends the prompt and the reference images
+  and is billed for them. Settling without upstream usage bills that same bound for the
   images delivered. Token costs are rounded UP to the micro-dollar.
 """
 
@@ -98,9 +101,19 @@ class Price(ABC):
         usage: TokenUsage | None = None,
     ) -> int:
         """The actual cost of the delivered images (zero if none), never above the quote."""
+        return min(self.actual(req, delivered, usage), self.quote(req))
+
+    def actual(
+        self,
+        req: ImageRequest,
+        delivered: Sequence[tuple[int, int]],
+        usage: TokenUsage | None = None,
+    ) -> int:
+        """What the delivered images cost by the rule, uncapped (the caller caps and reports
+        an amount above the hold, which only an upstream's usage can produce)."""
         if not delivered:
             return 0
-        return min(self._cost(req, delivered, usage), self.quote(req))
+        return self._cost(req, delivered, usage)
 
 
 # per_image --------------------------------------------------------------------------------
@@ -247,15 +260,18 @@ class PerToken(Price):
         prompt = self.max_input if self.max_input is not None else len(req.prompt.encode())
         return prompt + self.per_reference_image * len(req.images)
 
+    def _bound(self, req: ImageRequest, images: int) -> int:
+        # each image may be its own upstream call, which re-sends (and bills) the input
+        return self._micros(images * self._input_bound(req), images * self.max_output_per_image)
+
     def quote(self, req: ImageRequest) -> int:
-        return self._micros(self._input_bound(req), req.n * self.max_output_per_image)
+        return self._bound(req, req.n)
 
     def _cost(
         self, req: ImageRequest, delivered: Sequence[tuple[int, int]], usage: TokenUsage | None
     ) -> int:
         if usage is None:
-            outputs = len(delivered) * self.max_output_per_image
-            return self._micros(self._input_bound(req), outputs)
+            return self._bound(req, len(delivered))
         return self._micros(max(0, usage.input_tokens), max(0, usage.output_tokens))
 
 

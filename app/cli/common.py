@@ -19,12 +19,13 @@ from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError
 
 from app.admin.reports import Reports
-from app.db.engine import make_engine
+from app.db.engine import engine_for
+from app.db.faults import DatabaseUnavailable
 from app.errors import GatewayError
 from app.keys.service import KeyService
 from app.ledger.service import Ledger
 from app.money import MoneyError, micros_to_decimal, parse_usd
-from app.preflight import SetupError, check_database, load_settings
+from app.preflight import SetupError, check_database, load_settings, muted
 from app.settings import Settings
 
 T = TypeVar("T")
@@ -71,16 +72,19 @@ def run(work: Callable[[Services], Awaitable[T]]) -> T:
 
     async def go() -> T:
         await check_database(settings)
-        engine = make_engine(settings.database_url)
+        engine = engine_for(settings)
         try:
             return await work(Services(Ledger(engine), KeyService(engine), Reports(engine)))
         finally:
             await engine.dispose()
 
     try:
-        return asyncio.run(go())
+        with muted("app.db.faults"):  # the one `error:` line below says it
+            return asyncio.run(go())
     except SetupError as exc:
         setup_failed(exc)
+    except DatabaseUnavailable as exc:
+        fail(f"database unavailable: {exc.__cause__ or exc.message}")
     except GatewayError as exc:
         fail(exc.message)
     except DBAPIError as exc:

@@ -27,11 +27,22 @@ from app.preflight import SetupError, check_catalog, describe_database
 
 @cli.command()
 def serve(
-    host: Annotated[str, typer.Option(help="Interface to bind (0.0.0.0 for every one).")] = (
-        "127.0.0.1"
-    ),
-    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8000,
-    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    host: Annotated[
+        str,
+        typer.Option(envvar="GATEWAY_HOST", help="Interface to bind (0.0.0.0 for every one)."),
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(envvar="GATEWAY_PORT", min=0, max=65535, help="TCP port.")
+    ] = 8000,
+    workers: Annotated[
+        int,
+        typer.Option(
+            envvar="GATEWAY_WORKERS",
+            min=1,
+            help="Worker processes on one socket (SIGHUP to the parent reloads every worker's "
+            "catalog).",
+        ),
+    ] = 1,
 ) -> None:
     """Check the setup, migrate the database and serve the API (demo key on first SQLite start)."""
     from app.server import run_server  # uvicorn and the whole app only when serving

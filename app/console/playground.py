@@ -5,11 +5,13 @@
             `POST /v1/images/generations` (or `/edits`) takes, and shows it as Python, Node
             and curl snippets
          ─▶ POST /console/playground/{generations|edits}?key_id=... (CSRF header, that body)
-         ─▶ ImageService.generate / edit, as the key ─▶ JSON, or server-sent events
+         ─▶ gateway.images.generate / edit (the start-up `ImageService`), as the key
+         ─▶ JSON, or server-sent events
 
 How the call is made (the decision, see docs/decisions.md): the console calls the same
-`ImageService` the public routes call, in-process, authenticated as a key the operator picks
-from the account's keys (`KeyAuthenticator.authenticate_hash`: the key's own checks, revoked,
+`ImageService` the public routes call (`Gateway.images`, built once at start-up), in-process,
+authenticated as a key the operator picks from the account's keys
+(`KeyAuthenticator.authenticate_hash`: the key's own checks, revoked,
 expired, account suspended, without the console ever holding its secret). So a playground
 request IS a request of that key: the same validation, model allowlist, rate limits, budgets,
 ledger hold and settlement, request-log row and response bytes; nothing is minted, nothing is
@@ -32,7 +34,7 @@ from app.console.web import CsrfChecked, GatewayDep, SignedIn, render
 from app.errors import InvalidRequest
 from app.gateway import Gateway
 from app.images.edits import JsonUpload
-from app.images.service import CallContext, Endpoint, ImageService
+from app.images.service import CallContext, Endpoint
 from app.keys.repository import KeyRecord
 from app.ledger.records import AccountRecord
 
@@ -139,7 +141,7 @@ async def run(
         path=PUBLIC_PATHS[endpoint],
         endpoint=endpoint,
     )
-    service = ImageService(gateway)
+    service = gateway.images  # the one built at start-up: its tasks are drained at shutdown
     limit = gateway.settings.max_request_bytes
     if endpoint == "generations":
         raw = bytes(await read_body(request, min(MAX_JSON_BODY_BYTES, limit)))

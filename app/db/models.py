@@ -9,7 +9,8 @@ Money columns are BIGINT micro-dollars (`*_micros`); see `app.money`.
 - `request_log`: one row per API request. A billable request's row is inserted `pending`
   together with its charge and moved to `settled` afterwards; the sweeper refunds rows that
   stay `pending` past the hold timeout (their process died).
-- `idempotency_records`: stored responses for `Idempotency-Key` replays (24 h).
+- `idempotency_records`: stored responses for `Idempotency-Key` replays (24 h); an
+  `in_progress` row belongs to the request holding its `owner` token until `lease_expires_at`.
 - `key_budgets`: a key's spend limits, one row per period (`day`, `month`, `total`).
 - `key_spend`: what a budgeted key has spent per budget window (`day:2026-12-02`,
   `month:2026-12`, `total`); moved by the hold and the refund in the same unit of work as the
@@ -119,6 +120,9 @@ class RequestLog(Base):
     #: the key_spend windows this request's hold counted against, comma-separated (refunds
     #: give the budget back to exactly these); None: the key had no budget
     budget_windows: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: the provider attempts in order, e.g. "openai:UPSTREAM_ERROR>fal:ok" (the last `ok` is
+    #: the provider that answered); None for requests that never reached a provider
+    route: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
@@ -155,6 +159,12 @@ class IdempotencyRecord(Base):
     response_body: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    #: the fencing token of the request that claimed the key: only it may complete or abandon
+    owner: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    #: an `in_progress` row whose lease ran out belongs to a dead request and may be taken over
+    lease_expires_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
     #: the request that ran under the key (its request_log id), for the console's request page
     request_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     #: how many repeats were answered from the stored response

@@ -61,6 +61,8 @@ _JPEG_STANDALONE: Final = frozenset({0x01, *range(0xD0, 0xD9)})
 MAX_JPEG_FILL: Final = 64 * 1024
 #: segments read before a JPEG's frame header; beyond it the file is refused, not walked
 MAX_JPEG_SEGMENTS: Final = 1024
+#: PNG chunks looked at for `tRNS` before the image data starts (real files carry a handful)
+MAX_PNG_CHUNKS_BEFORE_DATA: Final = 64
 #: `data:<media type>;base64,` is looked for in this many leading characters only
 MAX_DATA_URI_HEADER: Final = 256
 
@@ -169,6 +171,40 @@ def _webp_size(data: bytes) -> tuple[int, int]:
         height = int.from_bytes(data[27:30], "little") + 1
         return width, height
     raise ImageError("WebP without a VP8/VP8L/VP8X chunk")
+
+
+def has_alpha(data: bytes) -> bool:
+    """Whether the image carries an alpha channel (or a transparent colour), from its header.
+
+    PNG: colour type 4/6, or a `tRNS` chunk before the first `IDAT`; WebP: the VP8X alpha
+    flag or VP8L's alpha-used bit; JPEG never. A header cut short reads as no alpha.
+    """
+    fmt = sniff_format(data)
+    if fmt == "png":
+        if len(data) < 26:
+            return False
+        if data[25] in (4, 6):  # IHDR colour type: grey + alpha, RGBA
+            return True
+        offset = 8
+        for _ in range(MAX_PNG_CHUNKS_BEFORE_DATA):
+            if offset + 8 > len(data):
+                break
+            (length,) = struct.unpack_from(">I", data, offset)
+            chunk = data[offset + 4 : offset + 8]
+            if chunk == b"tRNS":
+                return True
+            if chunk == b"IDAT":
+                break
+            offset += 12 + length
+        return False
+    if fmt == "webp":
+        chunk = data[12:16]
+        if chunk == b"VP8X" and len(data) > 20:
+            return bool(data[20] & 0x10)
+        if chunk == b"VP8L" and len(data) >= 25:
+            (bits,) = struct.unpack_from("<I", data, 21)
+            return bool((bits >> 28) & 1)
+    return False
 
 
 def _invalid_image(message: str) -> Exception:

@@ -6,6 +6,13 @@ requested `output_format` (in a worker thread), read the real size from the head
 base64-encode it exactly once. The JSON body is assembled around the base64 bytes rather than
 passing them through a serializer (base64 never needs JSON escaping), so a multi-megabyte
 image costs one encode and one join.
+
+The body is openai-python's `ImagesResponse` field for field (and the stream events are its
+`ImageGenStreamEvent` / `ImageEditStreamEvent`), so clients that validate against the SDK
+types accept it: `usage` always carries the token counts (zeros when the provider reports
+none) next to our `usage.cost.total_cost`; `size`, `output_format` and `background` describe
+the delivered image; `quality` is the value the provider used or the one requested, left out
+where it is none of the SDK's values (a model without a quality setting).
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from typing import Any, Final
 
 import orjson
 
-from app.adapters.base import AdapterResult, TokenUsage, UpstreamImage
+from app.adapters.base import AdapterResult, ImageRequest, TokenUsage, UpstreamImage
 from app.catalog.schema import OutputFormat
 from app.errors import UpstreamError
 from app.images import codec
@@ -31,6 +38,11 @@ logger = logging.getLogger(__name__)
 #: whose frame header sits past it (huge EXIF/ICC segments) is measured on the whole image
 HEAD_BYTES: Final = 64 * 1024
 
+#: the `quality` values openai-python's `ImagesResponse` accepts; its stream events add "auto"
+RESPONSE_QUALITIES: Final = frozenset({"low", "medium", "high", "xhigh", "max"})
+EVENT_QUALITIES: Final = RESPONSE_QUALITIES | {"auto"}
+BACKGROUNDS: Final = frozenset({"transparent", "opaque"})
+
 
 @dataclass(frozen=True, slots=True)
 class FinishedImage:
@@ -40,6 +52,8 @@ class FinishedImage:
     source: UpstreamImage
     width: int
     height: int
+    #: the delivered bytes carry an alpha channel (or a transparent colour)
+    has_alpha: bool = False
 
     @property
     def data(self) -> bytes:
@@ -57,14 +71,36 @@ class FinishedImage:
     def size(self) -> str:
         return f"{self.width}x{self.height}"
 
+    def background(self, *claims: str | None) -> str:
+        """`opaque` when the bytes have no alpha channel, whatever anyone claims; otherwise
+        the first claim that is an SDK value (the provider's word, then the request's), else
+        `transparent`."""
+        if not self.has_alpha:
+            return "opaque"
+        return next((claim for claim in claims if claim in BACKGROUNDS), "transparent")
+
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """What a settled request produced: its images, what it cost, the upstream's usage."""
+    """What a settled request produced: its images, what it cost, the upstream's usage and
+    the settings the provider says it used."""
 
     images: list[FinishedImage]
     cost_micros: int
     usage: TokenUsage | None
+    quality: str | None = None
+    background: str | None = None
+
+
+def requested_background(request: ImageRequest) -> str | None:
+    """`background` as the client sent it (a declared parameter or a forwarded field)."""
+    value = request.params.get("background") or request.extra.get("background")
+    return value if isinstance(value, str) else None
+
+
+def reported_quality(allowed: frozenset[str], *claims: str | None) -> str | None:
+    """The first claim (the provider's word, then the request's) that the SDK type allows."""
+    return next((claim for claim in claims if claim in allowed), None)
 
 
 async def finish_images(
@@ -118,40 +154,56 @@ async def finish_image(
         if fmt != output_format:
             data = await codec.transcode_async(image.data, output_format, work=work)
             image = UpstreamImage(data, image.revised_prompt)
+        has_alpha = codec.has_alpha(head if fmt == output_format else image.head(HEAD_BYTES))
     except (codec.ImageError, OSError, ValueError) as exc:
         logger.warning("dropping an unusable upstream image: %s", exc)
         return None
-    return FinishedImage(image, width, height)
+    return FinishedImage(image, width, height, has_alpha)
 
 
 def usage_block(cost_micros: int, usage: TokenUsage | None) -> dict[str, Any]:
-    block: dict[str, Any] = {}
-    if usage is not None:
-        block.update(
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            total_tokens=usage.total_tokens,
-        )
-        if usage.input_tokens_details:
-            block["input_tokens_details"] = usage.input_tokens_details
+    """The SDK's `Usage` (every token field, zeros when the provider reported none) plus
+    `cost.total_cost`, the exact amount charged."""
+    usage = usage or TokenUsage()
+    block: dict[str, Any] = {
+        "input_tokens": usage.input_tokens,
+        "input_tokens_details": _token_details(usage.input_tokens_details),
+        "output_tokens": usage.output_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+    if usage.output_tokens_details:
+        block["output_tokens_details"] = _token_details(usage.output_tokens_details)
     block["cost"] = {"total_cost": micros_to_json(cost_micros)}
     return block
+
+
+def _token_details(details: dict[str, int] | None) -> dict[str, int]:
+    # the SDK requires both `image_tokens` and `text_tokens`; other modalities ride along
+    return {"image_tokens": 0, "text_tokens": 0, **(details or {})}
 
 
 def render_body(
     *,
     model_id: str,
-    images: list[FinishedImage],
+    request: ImageRequest,
     response_format: str,
-    output_format: OutputFormat,
-    cost_micros: int,
-    usage: TokenUsage | None,
+    delivery: Delivery,
     created: int | None = None,
 ) -> bytes:
     """The `ImagesResponse` JSON, with each image's base64 spliced in as raw bytes."""
-    head = orjson.dumps(
-        {"created": created or int(time.time()), "model": model_id, "size": images[0].size}
-    )
+    images, output_format = delivery.images, request.output_format
+    first = images[0]
+    fields: dict[str, Any] = {
+        "created": created or int(time.time()),
+        "model": model_id,
+        "size": first.size,
+        "output_format": output_format,
+        "background": first.background(delivery.background, requested_background(request)),
+    }
+    quality = reported_quality(RESPONSE_QUALITIES, delivery.quality, request.quality)
+    if quality is not None:
+        fields["quality"] = quality
+    head = orjson.dumps(fields)
     if response_format == "url":
         opening = b'{"url":"data:image/' + output_format.encode() + b";base64,"
     else:
@@ -166,6 +218,6 @@ def render_body(
             parts.append(b",")
         # `extra` serialises as {"index":0,...}: drop its "{" and continue our object with it
         parts += (opening, image.b64, b'",', orjson.dumps(extra)[1:])
-    tail = orjson.dumps({"usage": usage_block(cost_micros, usage)})
+    tail = orjson.dumps({"usage": usage_block(delivery.cost_micros, delivery.usage)})
     parts += (b"],", tail[1:])
     return b"".join(parts)

@@ -10,12 +10,11 @@
         non-retryable (content blocked, a rejected request) → raise at once
     every route failed or skipped → 503 UPSTREAM_UNAVAILABLE (or the single route's 504/502)
 
-Each attempt is recorded in a `RouteTrace` ("openai:UPSTREAM_ERROR>fal:ok"), which the service
-logs with the request. Only the final result is ever billed: failed attempts cost nothing,
-since the hold is settled once, on what the successful attempt delivered.
-
-`call_routes` keeps the plain fallback behaviour (no breaker, no retries) for callers that do
-not hold a `Router`.
+Each attempt is recorded in a `RouteTrace` ("openai:UPSTREAM_ERROR>fal:ok"), which the
+request's admission keeps and the ledger writes into the request log (`request_log.route`) at
+the settle. Only the final result is ever billed: failed attempts cost nothing, since the hold
+is settled once, on what the successful attempt delivered. One `Router` serves the process
+(built in `app.gateway.open_gateway`), so its breaker sees every request's attempts.
 """
 
 from __future__ import annotations
@@ -27,7 +26,10 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
+import httpx
+
 from app.adapters.base import AdapterResult, ImageAdapter, ImageRequest, PartialSink
+from app.adapters.upstream_http import hide_addresses, host_of
 from app.catalog.schema import ModelConfig, ProviderConfig, RouteConfig
 from app.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from app.images.breaker import CircuitBreaker
@@ -66,6 +68,11 @@ def order_routes(strategy: str, routes: list[RouteConfig], rng: random.Random) -
     return keyed + [r for r in routes if r.weight == 0]
 
 
+def upstream_deadline_s(config: ModelConfig, providers: Mapping[str, ProviderConfig]) -> float:
+    """The longest a request may spend on its model's routes: attempts, retries, fallbacks."""
+    return config.deadline_s or sum(providers[route.provider].timeout_s for route in config.routes)
+
+
 class Router:
     """Process-wide routing state: the breaker, the randomness, the clock and the sleep."""
 
@@ -99,7 +106,7 @@ class Router:
     ) -> AdapterResult:
         trace = trace if trace is not None else RouteTrace()
         routes = order_routes(config.strategy, config.routes, self._rng)
-        deadline_s = config.deadline_s or sum(providers[r.provider].timeout_s for r in routes)
+        deadline_s = upstream_deadline_s(config, providers)
         deadline = self._clock() + deadline_s
         last_error: UpstreamError | None = None
         for route in routes:
@@ -165,7 +172,8 @@ class Router:
         left_s: float,
     ) -> AdapterResult:
         """One call; every failure comes out as an `UpstreamError` (or a non-upstream error)."""
-        timeout_s = min(providers[route.provider].timeout_s, left_s)
+        provider = providers[route.provider]
+        timeout_s = min(provider.timeout_s, left_s)
         try:
             async with asyncio.timeout(timeout_s):
                 result = await adapters[route.provider].generate(
@@ -173,45 +181,19 @@ class Router:
                 )
         except TimeoutError as exc:
             raise UpstreamTimeout(f"The provider did not answer within {timeout_s:g} s.") from exc
+        except GatewayError as exc:
+            # the adapter's message names the provider's host, for the logs; clients get it
+            # without any address (SPEC 2: an internal host or port is not theirs to see)
+            logger.info("model %s: %s: %s", model_id, route.provider, exc.message)
+            exc.message = hide_addresses(exc.message, _hosts_of(provider))
+            raise
         if not result.images:
             raise UpstreamError("The provider returned no image.")
         return result
 
 
-async def call_routes(
-    *,
-    model_id: str,
-    routes: list[RouteConfig],
-    adapters: Mapping[str, ImageAdapter],
-    providers: dict[str, ProviderConfig],
-    request: ImageRequest,
-    on_partial: PartialSink | None = None,
-) -> AdapterResult:
-    """Plain fallback in listed order: each route once, no breaker (see `Router`)."""
-    last_error: UpstreamError | None = None
-    for route in routes:
-        timeout_s = providers[route.provider].timeout_s
-        try:
-            return await Router._attempt(
-                route, adapters, providers, request, on_partial, model_id, timeout_s
-            )
-        except UpstreamError as exc:
-            if not exc.retryable:
-                raise
-            last_error = exc
-        except GatewayError:
-            raise  # content blocked, bad parameter: no other route will do better
-        logger.warning(
-            "model %s: route %s failed (%s); %s",
-            model_id,
-            route.provider,
-            last_error.code,
-            "trying the next route" if route is not routes[-1] else "no route left",
-        )
-    assert last_error is not None
-    if len(routes) > 1 and not isinstance(last_error, UpstreamTimeout):
-        raise UpstreamUnavailable(
-            f"Every provider route of model '{model_id}' failed; last error: {last_error.message}",
-            retry_after=5,
-        ) from last_error
-    raise last_error
+def _hosts_of(provider: ProviderConfig) -> tuple[str, ...]:
+    if not provider.base_url:
+        return ()
+    url = httpx.URL(provider.base_url)
+    return (host_of(provider.base_url), url.host)

@@ -1,22 +1,36 @@
-"""The life of one image request: validate, admit, charge, call, settle, answer.
+"""The life of one image request: validate, admit, call, settle, answer.
 
-    parse body ─▶ model lookup ─▶ schema validation ─▶ price quote          (no I/O)
-        (edits: + reference images sniffed and pixel-checked, `app.images.edits`)
-        ─▶ Idempotency-Key claim ─▶ rate-limit lease ─▶ ledger hold          (admission)
-        ─▶ provider routes ─▶ normalise images ─▶ actual cost ─▶ settle      (the work)
-        ─▶ response bytes (stored for idempotent replays)
+    parse body ─▶ model lookup (aliases per account) ─▶ schema validation ─▶ price quote
+        │                                   (no I/O; the catalog snapshot is read ONCE here)
+        ▼
+    Admissions.admit: Idempotency-Key claim ─▶ rate-limit lease ─▶ ledger hold
+        │         (`app.images.admission`; a replay or a refusal ends the request here)
+        ▼
+    edits: reference images sniffed and pixel-checked (`check_images`): only now, once the
+        │  caller has paid, so a $0 or rate-limited key cannot make the gateway look at them
+        ▼
+    work task:  async with admission:  provider routes (`Router`: strategy, retries,
+                                       breaker; attempts traced into the request log)
+                                       ─▶ normalise images ─▶ actual cost
+                                       ─▶ response rendered ─▶ settle ─▶ deliver
+                the admission's exit: refund an unsettled hold, store or give up the
+                Idempotency-Key, release the lease (for every path, plain or streamed)
 
 Generations and edits share this one flow (`_handle`); they differ only in how the body is
 parsed and fingerprinted for the Idempotency-Key. With `stream: true` everything up to the
-hold still happens here, so refusals stay plain JSON errors; the work then runs inside an
-`ImageEventStream` (`app.images.streaming`), which calls the same `_run_and_settle`.
+image check still happens before the first byte, so refusals stay plain JSON errors; the work
+then feeds an `ImageEventStream` (`app.images.streaming`).
 
-Money rules (SPEC 4): the quote is taken from the balance atomically before the provider is
-called (`Ledger.hold`, which also re-checks the key and the account in the same statement);
-afterwards the hold is settled to the actual cost, and every failure, ours or the provider's,
-is settled at zero, i.e. refunded in full. Settlement is shielded from cancellation (a client
-hanging up must not leave money held); a process that dies mid-request leaves a `pending`
-row that the sweeper refunds after the hold timeout.
+The work of an admitted request runs in a task this service owns, not in the HTTP handler:
+a client that hangs up does not stop it, whether it asked for a stream or not. What the
+provider produced is charged and stored under the Idempotency-Key, so the client's retry is a
+replay, not a second charge; what failed is refunded. Shutdown waits for these tasks
+(`wait_idle`); a stream still running after the shutdown grace period is cancelled, refunded,
+and ends with an `event: error`.
+
+The response is rendered BEFORE the settle: a rendering failure leaves the hold unsettled,
+and the exit refunds it in full. The settle reports what the ledger actually took (nothing,
+if the request outlived its hold and was swept); the response then says that amount.
 
 Requests refused before the hold (validation, 402/403, 429) are logged `unbilled`.
 """
@@ -26,15 +40,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, TypeVar
 
 import orjson
 
 from app.adapters.base import ImageRequest, PartialSink
+from app.catalog.live import LiveCatalog
 from app.catalog.loader import Catalog
-from app.catalog.parameters import CompiledModel, ValidatedGeneration
+from app.catalog.parameters import CompiledModel
 from app.errors import (
     GatewayError,
     InternalError,
@@ -42,8 +57,19 @@ from app.errors import (
     MissingParameter,
     ModelNotFound,
     PermissionDenied,
+    ServiceUnavailable,
 )
-from app.gateway import Gateway
+from app.images.admission import (
+    EVENT_STREAM,
+    JSON,
+    Admission,
+    Admissions,
+    CallContext,
+    Endpoint,
+    Outcome,
+    PaidRequest,
+    log_unbilled,
+)
 from app.images.edits import (
     JsonUpload,
     RequestBody,
@@ -51,66 +77,47 @@ from app.images.edits import (
     edit_body_from_json,
     edit_fingerprint,
 )
-from app.images.results import Delivery, finish_image, finish_images, render_body
-from app.images.routing import call_routes
-from app.images.streaming import FinishedSink, ImageEventStream, StreamShape
+from app.images.results import Delivery, FinishedImage, finish_image, finish_images, render_body
+from app.images.routing import Router
+from app.images.streaming import ImageEventStream, StreamShape
+from app.images.work import ImageWorkPool
 from app.keys.auth import AuthenticatedKey
-from app.ledger.idempotency import request_hash
-from app.ratelimit.base import Lease
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
+__all__ = [
+    "EVENT_STREAM",
+    "JSON",
+    "CallContext",
+    "Endpoint",
+    "ImageLimits",
+    "ImageService",
+    "Outcome",
+    "Result",
+]
 
-Endpoint = Literal["generations", "edits"]
 #: the event family of each endpoint's streams (SPEC 1.4)
 STREAM_PREFIX: Final[dict[Endpoint, str]] = {
     "generations": "image_generation",
     "edits": "image_edit",
 }
-JSON: Final = "application/json"
-EVENT_STREAM: Final = "text/event-stream"
-
-
-@dataclass(frozen=True, slots=True)
-class CallContext:
-    key: AuthenticatedKey
-    request_id: str
-    client_request_id: str | None
-    idempotency_key: str | None
-    path: str
-    endpoint: Endpoint = "generations"
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    """A validated, priced request on its way through admission and the provider."""
-
-    ctx: CallContext
-    model: CompiledModel
-    validated: ValidatedGeneration
-    price: int
-    started: float
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """A complete response (also a stored Idempotency-Key replay)."""
-
-    status_code: int
-    body: bytes
-    media_type: str = JSON
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """An Idempotency-Key this request owns until it completes or abandons it."""
-
-    scope: str
-    key: str
-
 
 #: what a request turns into: a whole response, or events still to come
 Result = Outcome | ImageEventStream
+#: turns a settled delivery into the bytes the client gets (a JSON body, or SSE events)
+Render = Callable[[Delivery], bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class ImageLimits:
+    """The settings the image flow reads (from `app.settings.Settings`, at start-up)."""
+
+    max_image_bytes: int
+    max_image_pixels: int
+    stream_keepalive_s: float
+    #: how long an open stream may still run once the server is shutting down
+    shutdown_grace_s: float
 
 
 def parse_json_object(raw: bytes | bytearray) -> dict[str, Any]:
@@ -125,13 +132,16 @@ def parse_json_object(raw: bytes | bytearray) -> dict[str, Any]:
     return body
 
 
-def resolve_model(catalog: Catalog, body: Mapping[str, Any]) -> CompiledModel:
+def resolve_model(
+    catalog: Catalog, body: Mapping[str, Any], account_id: str | None = None
+) -> CompiledModel:
+    """The model a body names (an alias resolves to the target set for `account_id`)."""
     model_id = body.get("model")
     if model_id is None or model_id == "":
         raise MissingParameter("You must provide a model parameter.", param="model")
     if not isinstance(model_id, str):
         raise InvalidRequest("'model' must be a string.", code="INVALID_PARAMETER", param="model")
-    model = catalog.get(model_id)
+    model = catalog.get(model_id, account_id)
     if model is None:
         raise ModelNotFound(
             f"The model '{model_id}' does not exist; GET /v1/models lists the models you can use.",
@@ -151,8 +161,24 @@ def check_model_allowed(key: AuthenticatedKey, model: CompiledModel) -> None:
 
 
 class ImageService:
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+    """Built once at start-up (`app.gateway.open_gateway`) with exactly what it uses."""
+
+    def __init__(
+        self,
+        *,
+        live: LiveCatalog,
+        admissions: Admissions,
+        router: Router,
+        image_work: ImageWorkPool,
+        limits: ImageLimits,
+    ) -> None:
+        self._live = live
+        self._admissions = admissions
+        self._router = router
+        self._image_work = image_work
+        self._limits = limits
+        #: the work of admitted requests, referenced until done (see the module docstring)
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     async def generate(self, ctx: CallContext, raw_body: bytes) -> Result:
         """`POST /v1/images/generations`: a JSON body."""
@@ -168,10 +194,16 @@ class ImageService:
                 return upload
             return edit_body_from_json(
                 parse_json_object(upload.take()),
-                max_image_bytes=self.gateway.settings.max_image_bytes,
+                max_image_bytes=self._limits.max_image_bytes,
             )
 
         return await self._handle(ctx, parse, edit_fingerprint)
+
+    async def wait_idle(self) -> None:
+        """Wait for the work of admitted requests still running (call at shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._admissions.wait_idle()
 
     async def _handle(
         self,
@@ -180,235 +212,177 @@ class ImageService:
         fingerprint: Callable[[RequestBody], bytes],
     ) -> Result:
         started = time.perf_counter()
+        snapshot = self._live.current  # this request's catalog, whatever a reload does next
         model_id: str | None = None
         user: str | None = None
         try:
             body = parse()
-            model = resolve_model(self.gateway.catalog, body.fields)
+            model = resolve_model(snapshot.catalog, body.fields, ctx.key.account_id)
             model_id = model.id
             check_model_allowed(ctx.key, model)
             validated = model.validate(
                 body.fields, coerce_strings=body.from_form, images=body.images, mask=body.mask
             )
             user = validated.user
-            if body.images is not None:
-                settings = self.gateway.settings
-                check_images(
-                    body,
-                    max_bytes=settings.max_image_bytes,
-                    max_pixels=settings.max_image_pixels,
-                )
             price = model.price.quote(validated.request)
         except GatewayError as error:
-            await self._log_unbilled(ctx, model_id, user, error, started)
+            await log_unbilled(
+                self._admissions.ledger,
+                ctx,
+                model_id=model_id,
+                user=user,
+                error=error,
+                started=started,
+            )
             raise
-        job = Job(ctx, model, validated, price, started)
-        claim = await self._claim(job, fingerprint(body))
-        if isinstance(claim, Outcome):
-            return claim
-        try:
-            lease = await self._admit(job)
-        except BaseException:
-            await asyncio.shield(self._release_claim(claim, None))
-            raise
-        if validated.stream:
+        request = PaidRequest(ctx, snapshot, model, validated, price, started)
+
+        def inspect_uploads() -> None:
+            check_images(
+                body,
+                max_bytes=self._limits.max_image_bytes,
+                max_pixels=self._limits.max_image_pixels,
+            )
+
+        # pay before you work: an edit's uploads are looked at only once the caller has paid
+        admitted = await self._admissions.admit(
+            request,
+            fingerprint(body),
+            inspect=inspect_uploads if body.images is not None else None,
+        )
+        if isinstance(admitted, Outcome):
+            return admitted
+        if request.stream:
             return ImageEventStream(
-                work=lambda on_partial: self._run_and_settle(job, on_partial),
+                start=lambda stream: self._spawn(self._stream(admitted, stream)),
                 shape=_stream_shape(ctx.endpoint, validated.request),
-                keepalive_s=self.gateway.settings.stream_keepalive_s,
-                close=lambda body: self._finish(lease, claim, body),
+                keepalive_s=self._limits.stream_keepalive_s,
+                drain_s=self._limits.shutdown_grace_s,
             )
+        # shielded: a client that hangs up (or a cancelled handler) does not stop the work
+        return await asyncio.shield(self._spawn(self._respond(admitted)))
+
+    def _spawn(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        task = asyncio.create_task(work, name="image-request")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_consume_outcome)
+        return task
+
+    async def _respond(self, admission: Admission) -> Outcome:
+        async with admission:
+            body = await self._work(admission, lambda delivery: _render(admission, delivery))
+        return Outcome(200, body)
+
+    async def _stream(self, admission: Admission, stream: ImageEventStream) -> None:
+        on_partial = stream.partial if admission.request.validated.partial_images > 0 else None
         try:
-            delivery = await self._run_and_settle(job)
-        except BaseException:
-            await asyncio.shield(self._finish(lease, claim, None))
-            raise
-        outcome = Outcome(200, self._render(job, delivery))
-        await self._finish(lease, claim, outcome.body)
-        return outcome
-
-    async def _claim(self, job: Job, fingerprint: bytes) -> Claim | Outcome | None:
-        """Own the Idempotency-Key (a `Claim`), or the stored response to replay, or None."""
-        gw, ctx = self.gateway, job.ctx
-        if ctx.idempotency_key is None:
-            return None
-        claim = Claim(scope=f"{ctx.endpoint}:{ctx.key.account_id}", key=ctx.idempotency_key)
-        try:
-            stored = await gw.idempotency.begin(
-                scope=claim.scope,
-                key=claim.key,
-                request_hash=request_hash("POST", ctx.path, fingerprint),
-                ttl_s=gw.settings.idempotency_ttl_s,
-                request_id=ctx.request_id,
-            )
-        except GatewayError as error:  # a bad key (400) or a 409: refused, unbilled
-            await self._log_unbilled(ctx, job.model.id, job.validated.user, error, job.started)
-            raise
-        if stored is None:
-            return claim
-        # the fingerprint covers `stream`, so a stored stream is replayed to a stream request
-        media_type = EVENT_STREAM if job.validated.stream else JSON
-        return Outcome(stored.status_code, stored.body, media_type)
-
-    async def _release_claim(self, claim: Claim | None, body: bytes | None) -> None:
-        """Store the response under the key, or (no body: the request failed) free the key."""
-        if claim is None:
-            return
-        store = self.gateway.idempotency
-        if body is None:
-            await store.abandon(scope=claim.scope, key=claim.key)
-        else:
-            await store.complete(scope=claim.scope, key=claim.key, status_code=200, body=body)
-
-    async def _finish(self, lease: Lease, claim: Claim | None, body: bytes | None) -> None:
-        await asyncio.shield(lease.release())
-        await self._release_claim(claim, body)
-
-    async def _admit(self, job: Job) -> Lease:
-        """The rate-limit lease, then the ledger hold; refusals are logged unbilled."""
-        gw = self.gateway
-        ctx, model, validated = job.ctx, job.model, job.validated
-        key = ctx.key
-        try:
-            lease = await gw.rate_limiter.acquire(
-                key.key_id, rpm=key.rpm, max_concurrency=key.max_concurrency
-            )
+            async with admission:
+                events = await self._work(admission, stream.render_completed, on_partial)
         except GatewayError as error:
-            await self._log_unbilled(ctx, model.id, validated.user, error, job.started)
-            raise
-        try:
-            await gw.ledger.hold(
-                request_id=ctx.request_id,
-                account_id=key.account_id,
-                key_id=key.key_id,
-                model=model.id,
-                amount_micros=job.price,
-                endpoint=ctx.endpoint,
-                user=validated.user,
-                client_request_id=ctx.client_request_id,
-                key_hash=key.key_hash,
+            stream.fail(error)
+        except asyncio.CancelledError:
+            # the server is shutting down and the grace period is over: refunded, and said so
+            stream.fail(
+                ServiceUnavailable(
+                    "The gateway is shutting down; retry the request.", retry_after=1
+                )
             )
-        except BaseException as exc:
-            await asyncio.shield(lease.release())
-            if isinstance(exc, GatewayError):
-                await self._log_unbilled(ctx, model.id, validated.user, exc, job.started)
             raise
-        return lease
+        except Exception:
+            logger.exception("image stream %s failed", admission.request.ctx.request_id)
+            stream.fail(InternalError("The gateway hit an internal error."))
+        else:
+            stream.send(events)
+        finally:
+            stream.end()
 
-    async def _run_and_settle(self, job: Job, on_partial: FinishedSink | None = None) -> Delivery:
-        """Call the provider and settle the hold: the actual cost, or zero on any failure."""
-        gw = self.gateway
-        ctx, model = job.ctx, job.model
-        request: ImageRequest = job.validated.request
-        max_pixels = gw.settings.max_image_pixels
+    async def _work(
+        self,
+        admission: Admission,
+        render: Render,
+        on_partial: Callable[[FinishedImage], Coroutine[Any, Any, None]] | None = None,
+    ) -> bytes:
+        """Call the provider, render, settle, deliver: the bytes the client gets."""
+        request = admission.request
+        ctx, model = request.ctx, request.model
+        upstream: ImageRequest = request.validated.request
+        max_pixels = self._limits.max_image_pixels
         adapter_sink: PartialSink | None = None
-        if on_partial is not None and request.partial_images > 0:
+        if on_partial is not None:
+            sink = on_partial
 
             async def adapter_sink(data: bytes) -> None:
                 image = await finish_image(
                     data,
-                    output_format=request.output_format,
+                    output_format=upstream.output_format,
                     max_pixels=max_pixels,
-                    work=gw.image_work,
+                    work=self._image_work,
                 )
                 if image is not None:
-                    await on_partial(image)
+                    await sink(image)
 
+        snapshot = request.snapshot
         try:
-            result = await call_routes(
+            result = await self._router.call(
                 model_id=model.id,
-                routes=model.routes,
-                adapters=gw.adapters,
-                providers=gw.catalog.providers,
-                request=request,
+                config=model.config,
+                adapters=snapshot.adapters,
+                providers=snapshot.catalog.providers,
+                request=upstream,
                 on_partial=adapter_sink,
+                trace=admission.trace,
             )
-            images = await finish_images(
-                result,
-                output_format=request.output_format,
-                max_pixels=max_pixels,
-                work=gw.image_work,
-            )
-            images = images[: request.n]
-            cost = model.price.settle(
-                request, [(image.width, image.height) for image in images], result.usage
-            )
-            cost = min(cost, job.price)
-        except BaseException as exc:
-            error = exc if isinstance(exc, GatewayError) else InternalError("internal error")
-            if not isinstance(exc, (GatewayError, asyncio.CancelledError)):
-                logger.exception("request %s failed unexpectedly", ctx.request_id)
-            await asyncio.shield(
-                gw.ledger.settle(
-                    request_id=ctx.request_id,
-                    cost_micros=0,
-                    images=0,
-                    status_code=499 if isinstance(exc, asyncio.CancelledError) else error.status,
-                    error_code="CLIENT_CLOSED"
-                    if isinstance(exc, asyncio.CancelledError)
-                    else error.code,
-                    latency_ms=_elapsed_ms(job.started),
-                )
-            )
-            if isinstance(exc, GatewayError | asyncio.CancelledError):
-                raise
-            raise error from exc
-        await asyncio.shield(
-            gw.ledger.settle(
-                request_id=ctx.request_id,
-                cost_micros=cost,
-                images=len(images),
-                status_code=200,
-                latency_ms=_elapsed_ms(job.started),
-            )
+        except GatewayError:
+            raise
+        except Exception as exc:  # an adapter bug must not reach the client as a traceback
+            logger.exception("request %s failed unexpectedly", ctx.request_id)
+            raise InternalError("The gateway hit an internal error.") from exc
+        images = await finish_images(
+            result,
+            output_format=upstream.output_format,
+            max_pixels=max_pixels,
+            work=self._image_work,
         )
-        return Delivery(images, cost, result.usage)
-
-    @staticmethod
-    def _render(job: Job, delivery: Delivery) -> bytes:
-        return render_body(
-            model_id=job.model.id,
-            images=delivery.images,
-            response_format=job.validated.response_format,
-            output_format=job.validated.request.output_format,
-            cost_micros=delivery.cost_micros,
-            usage=delivery.usage,
-        )
-
-    async def _log_unbilled(
-        self,
-        ctx: CallContext,
-        model_id: str | None,
-        user: str | None,
-        error: GatewayError,
-        started: float,
-    ) -> None:
-        try:
-            await self.gateway.ledger.log_unbilled(
-                request_id=ctx.request_id,
-                account_id=ctx.key.account_id,
-                key_id=ctx.key.key_id,
-                model=model_id,
-                status_code=error.status,
-                error_code=error.code,
-                latency_ms=_elapsed_ms(started),
-                endpoint=ctx.endpoint,
-                user=user,
-                client_request_id=ctx.client_request_id,
+        images = images[: upstream.n]
+        cost = model.price.actual(upstream, [(i.width, i.height) for i in images], result.usage)
+        if cost > request.price:
+            logger.error(
+                "request %s: model %s cost %d micro-dollars by the provider's usage, above its "
+                "hold of %d; charged the hold",
+                ctx.request_id,
+                model.id,
+                cost,
+                request.price,
             )
-        except Exception:  # the log must never turn a clean 4xx into a 500
-            logger.warning("could not log refused request %s", ctx.request_id, exc_info=True)
+            cost = request.price
+        # a failure in rendering refunds in full
+        body = render(Delivery(images, cost, result.usage, result.quality, result.background))
+        charged = await admission.settle(cost_micros=cost, images=len(images), body=body)
+        if charged != cost:  # swept while it ran: the response says what was really taken
+            body = render(
+                Delivery(images, charged, result.usage, result.quality, result.background)
+            )
+            admission.deliver(body)
+        return body
 
 
-def _elapsed_ms(started: float) -> int:
-    return int((time.perf_counter() - started) * 1000)
+def _render(admission: Admission, delivery: Delivery) -> bytes:
+    validated = admission.request.validated
+    return render_body(
+        model_id=admission.request.model.id,
+        request=validated.request,
+        response_format=validated.response_format,
+        delivery=delivery,
+    )
+
+
+def _consume_outcome(task: asyncio.Task[Any]) -> None:
+    # The handler that awaited this task may be gone (the client hung up): the failure was
+    # already handled by the admission's exit; retrieve it so asyncio does not report it.
+    if not task.cancelled():
+        task.exception()
 
 
 def _stream_shape(endpoint: Endpoint, request: ImageRequest) -> StreamShape:
-    background = request.params.get("background") or request.extra.get("background")
-    return StreamShape(
-        prefix=STREAM_PREFIX[endpoint],
-        quality=request.quality or "auto",
-        background=background if isinstance(background, str) else "auto",
-        output_format=request.output_format,
-    )
+    return StreamShape.of(STREAM_PREFIX[endpoint], request)

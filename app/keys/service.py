@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.db.storable import storable_int, storable_text, utc_instant
 from app.errors import Conflict, InvalidParameter, NotFound
 from app.keys.cursor import decode_cursor, encode_cursor
 from app.keys.repository import KeyRecord, KeyRepository
@@ -56,7 +57,7 @@ class KeyService:
                     "expires_at must carry a timezone (e.g. 2030-01-01T00:00:00Z).",
                     param="expires_at",
                 )
-            expires_at = expires_at.astimezone(UTC)
+            expires_at = utc_instant(expires_at, "expires_at")
             if expires_at <= now:
                 raise InvalidParameter("expires_at must be in the future.", param="expires_at")
         secret = generate_secret()
@@ -168,7 +169,7 @@ def _check_name(name: str) -> str:
     name = name.strip() if isinstance(name, str) else ""
     if not name or len(name) > MAX_NAME_LENGTH:
         raise InvalidParameter(f"name must be 1 to {MAX_NAME_LENGTH} characters.", param="name")
-    return name
+    return storable_text(name, "name")
 
 
 def _check_models(models: list[str] | None) -> list[str] | None:
@@ -181,6 +182,7 @@ def _check_models(models: list[str] | None) -> list[str] | None:
     for model in models:
         if not isinstance(model, str) or not model.strip() or len(model) > MAX_MODEL_ID_LENGTH:
             raise InvalidParameter("models must be a list of non-empty model ids.", param="models")
+        storable_text(model, "models")
         if model.strip() not in cleaned:
             cleaned.append(model.strip())
     if not cleaned:
@@ -196,3 +198,4 @@ def _check_positive(param: str, value: int | None) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InvalidParameter(f"{param} must be a positive integer.", param=param)
+    storable_int(value, param)

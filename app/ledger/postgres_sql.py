@@ -82,7 +82,7 @@ WITH finished AS (
     SET state = :new_state,
         cost_micros = LEAST(CAST(:cost AS BIGINT), held_micros),
         images = :images, status_code = :status_code, error_code = :error_code,
-        latency_ms = :latency_ms, finished_at = now()
+        latency_ms = :latency_ms, route = CAST(:route AS TEXT), finished_at = now()
     WHERE id = :request_id AND state = 'pending'
     RETURNING account_id, key_id, model, held_micros, cost_micros, budget_windows
 ),
@@ -116,6 +116,7 @@ CREDIT_SQL = f"""\
 WITH moved AS (
     UPDATE accounts SET balance_micros = balance_micros + CAST(:amount AS BIGINT)
     WHERE id = :account_id AND balance_micros + CAST(:amount AS BIGINT) >= 0
+      AND balance_micros <= CAST(:max_balance AS BIGINT) - CAST(:amount AS BIGINT)
     RETURNING balance_micros
 )
 INSERT INTO ledger_entries

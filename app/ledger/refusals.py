@@ -31,10 +31,21 @@ def account_not_found(account_id: str) -> NotFound:
 
 def hold_refusal(facts: HoldFacts, hold: HoldRequest) -> GatewayError | None:
     """Why a hold matched no row, in the order a client can act on; None if it now would pass."""
-    account_id, amount_micros = hold.account_id, hold.amount_micros
+    refusal = key_refusal(facts, account_id=hold.account_id, key_hash=hold.key_hash)
+    if refusal is not None:
+        return refusal
+    if facts.balance_micros < hold.amount_micros:
+        return InsufficientBalance(
+            insufficient_balance_message(facts.balance_micros, hold.amount_micros)
+        )
+    return None
+
+
+def key_refusal(facts: HoldFacts, *, account_id: str, key_hash: str | None) -> GatewayError | None:
+    """Why this key may not act for `account_id` now (the hold's checks short of the balance)."""
     if not facts.key_exists or facts.key_account_id != account_id:
         return AuthenticationError("Incorrect API key provided.", code="INVALID_API_KEY")
-    if hold.key_hash is not None and facts.key_hash != hold.key_hash:
+    if key_hash is not None and facts.key_hash != key_hash:
         return AuthenticationError(
             "This API key's secret was rotated; use the new secret.", code="INVALID_API_KEY"
         )
@@ -46,8 +57,4 @@ def hold_refusal(facts: HoldFacts, hold: HoldRequest) -> GatewayError | None:
         return account_not_found(account_id)
     if facts.account_status != "active":
         return PermissionDenied("This account is suspended.", code="ACCOUNT_SUSPENDED")
-    if facts.balance_micros < amount_micros:
-        return InsufficientBalance(
-            insufficient_balance_message(facts.balance_micros, amount_micros)
-        )
     return None

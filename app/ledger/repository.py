@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.db.models import Account, ApiKey, KeyBudget, KeySpend, LedgerEntry, RequestLog
 from app.ledger import postgres_sql
 from app.ledger.records import AccountRecord, LedgerRow, utc_now
+from app.money import MAX_AMOUNT_MICROS
 
 _LEDGER_COLUMNS = (
     LedgerEntry.id,
@@ -181,10 +182,12 @@ class LedgerRepository:
         note: str | None,
         request_id: str | None,
     ) -> LedgerRow | None:
-        """Move the balance by a signed amount and log it, unless it would end below zero."""
+        """Move the balance by a signed amount and log it, unless it would end below zero or
+        above MAX_AMOUNT_MICROS (written as a subtraction: the sum itself could overflow)."""
         params = {
             "account_id": account_id,
             "amount": amount_micros,
+            "max_balance": MAX_AMOUNT_MICROS,
             "kind": kind,
             "note": note,
             "request_id": request_id,
@@ -193,7 +196,10 @@ class LedgerRepository:
             row = (await self._conn.execute(postgres_sql.CREDIT, params)).first()
             return LedgerRow.from_row(row) if row else None
         balance = await self._move_balance(
-            account_id, amount_micros, Account.balance_micros + amount_micros >= 0
+            account_id,
+            amount_micros,
+            Account.balance_micros + amount_micros >= 0,
+            Account.balance_micros <= MAX_AMOUNT_MICROS - amount_micros,
         )
         if balance is None:
             return None
@@ -319,6 +325,7 @@ class LedgerRepository:
         error_code: str | None,
         latency_ms: int | None,
         note: str,
+        route: str | None = None,
     ) -> FinishedRequest | None:
         """pending -> settled/swept, once; refunds `held - min(cost, held)`. None: not pending."""
         if self._postgres:
@@ -331,6 +338,7 @@ class LedgerRepository:
                 "error_code": error_code,
                 "latency_ms": latency_ms,
                 "note": note,
+                "route": route,
             }
             row = (await self._conn.execute(postgres_sql.FINISH, params)).first()
             if row is None:
@@ -355,6 +363,7 @@ class LedgerRepository:
                     status_code=status_code,
                     error_code=error_code,
                     latency_ms=latency_ms,
+                    route=route,
                     finished_at=utc_now(),
                 )
                 .returning(

@@ -54,15 +54,18 @@ from collections.abc import AsyncIterator, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Literal, TypeVar
 
-from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.db.faults import DatabaseUnavailable, is_outage
+from app.db.storable import storable_text
 from app.errors import (
     Conflict,
     InternalError,
     InvalidParameter,
     ServiceUnavailable,
 )
+from app.keys.cursor import decode_id_cursor
 from app.ledger.budgets import (
     BudgetRepository,
     Clock,
@@ -71,8 +74,9 @@ from app.ledger.budgets import (
     window_of,
 )
 from app.ledger.records import AccountRecord, LedgerRow, SettleOutcome, SettleState, utc_now
-from app.ledger.refusals import account_not_found, hold_refusal, usd
+from app.ledger.refusals import account_not_found, hold_refusal, key_refusal, usd
 from app.ledger.repository import FinishedRequest, HoldRequest, LedgerRepository
+from app.money import MAX_AMOUNT_MICROS, MoneyError, check_amount, max_usd_text
 from app.pools import Occupancy
 
 logger = logging.getLogger(__name__)
@@ -104,25 +108,19 @@ def _is_deadlock(exc: BaseException) -> bool:
     return False
 
 
-def _is_unavailable(exc: Exception) -> bool:
-    """Connection-level failures (down, unreachable, too many clients), not SQL bugs."""
-    if isinstance(exc, OSError | TimeoutError | OperationalError | InterfaceError):
-        return True
-    # asyncpg errors SQLAlchemy cannot classify ("too many clients") arrive as bare DBAPIError
-    return isinstance(exc, DBAPIError) and (type(exc) is DBAPIError or exc.connection_invalidated)
-
-
 @contextmanager
 def _database_errors() -> Iterator[None]:
+    """Outages on the engine are already `DatabaseUnavailable` (`app.db.faults`); this also
+    covers what fails outside a statement (the pool's checkout timeout)."""
     try:
         yield
+    except DatabaseUnavailable:
+        raise
     except Exception as exc:
-        if not _is_unavailable(exc) or _is_deadlock(exc):
+        if not is_outage(exc) or _is_deadlock(exc):
             raise
         logger.error("ledger: database unavailable: %r", exc)
-        raise ServiceUnavailable(
-            "The database is unavailable, please retry.", retry_after=1
-        ) from exc
+        raise DatabaseUnavailable() from exc
 
 
 class Ledger:
@@ -175,6 +173,8 @@ class Ledger:
         """A new active account; an initial balance is its first ledger row (`topup`)."""
         if balance_micros < 0:
             raise InvalidParameter("balance must not be negative", param="balance")
+        _check_amount(balance_micros, "balance")
+        storable_text(name, "name")
         account_id = account_id or new_account_id()
         try:
             async with self._transaction() as repo:
@@ -212,7 +212,7 @@ class Ledger:
     ) -> AccountRecord:
         values: dict[str, str] = {}
         if name is not None:
-            values["name"] = name
+            values["name"] = storable_text(name, "name")
         if timezone is not None:
             values["timezone"] = check_timezone(timezone)
         if status is not None:
@@ -241,6 +241,9 @@ class Ledger:
         """Admin top-up (> 0) or adjustment (signed; may not take the balance below zero)."""
         if amount_micros == 0:
             raise InvalidParameter("amount must not be zero", param="amount")
+        _check_amount(amount_micros, "amount")
+        if note is not None:
+            storable_text(note, "note")
         kind = kind or ("topup" if amount_micros > 0 else "adjustment")
         if kind not in ("topup", "adjustment"):
             raise InvalidParameter("kind must be topup or adjustment", param="kind")
@@ -257,6 +260,12 @@ class Ledger:
         if row is not None:
             return row
         account = await self.get_account(account_id)  # NotFound when there is no account
+        if account.balance_micros + amount_micros > MAX_AMOUNT_MICROS:
+            raise InvalidParameter(
+                f"amount would take the balance above the largest an account may hold, "
+                f"${max_usd_text()} (balance ${usd(account.balance_micros)})",
+                param="amount",
+            )
         raise InvalidParameter(
             f"amount would take the balance below zero (balance ${usd(account.balance_micros)})",
             param="amount",
@@ -313,6 +322,19 @@ class Ledger:
             raise Conflict(
                 f"request id {request_id!r} was already used", code="DUPLICATE_REQUEST_ID"
             ) from exc
+
+    async def check_key(self, *, account_id: str, key_id: str, key_hash: str | None) -> None:
+        """Raise what a hold would (401/403) if this key may not act for the account now.
+
+        For paths that hand out what a key paid for without taking a hold (Idempotency-Key
+        replays): a revoked, expired or rotated secret is refused there exactly as the hold
+        refuses it, on every process, whatever a key cache still holds.
+        """
+        async with self._read() as repo:
+            facts = await repo.hold_facts(account_id=account_id, key_id=key_id)
+        refusal = key_refusal(facts, account_id=account_id, key_hash=key_hash)
+        if refusal is not None:
+            raise refusal
 
     async def _explain_refused_hold(self, hold: HoldRequest) -> int:
         """Postgres, off the happy path: re-judge a refused hold under the account row lock.
@@ -397,11 +419,13 @@ class Ledger:
         status_code: int = 200,
         error_code: str | None = None,
         latency_ms: int | None = None,
+        route: str | None = None,
     ) -> SettleOutcome:
         """Finish a held request: keep `cost_micros`, give back the rest of the hold.
 
         A failed request is `settle(cost_micros=0, status_code=..., error_code=...)`. Happens
-        once: a second settle, or a settle after the sweeper, changes nothing.
+        once: a second settle, or a settle after the sweeper, changes nothing. `route`: the
+        provider attempts, for the request log (`app.images.routing.RouteTrace`).
         """
         if cost_micros < 0 or images < 0:
             raise ValueError(f"cost and images must be >= 0, got {cost_micros}, {images}")
@@ -419,6 +443,7 @@ class Ledger:
                 error_code=error_code,
                 latency_ms=latency_ms,
                 note=note,
+                route=route,
             )
         )
         if finished is None:
@@ -450,6 +475,7 @@ class Ledger:
         error_code: str | None,
         latency_ms: int | None,
         note: str,
+        route: str | None = None,
     ) -> FinishedRequest | None:
         for attempt in range(_HOLD_ATTEMPTS):
             try:
@@ -463,6 +489,7 @@ class Ledger:
                         error_code=error_code,
                         latency_ms=latency_ms,
                         note=note,
+                        route=route,
                     )
             except DBAPIError as exc:  # one statement: a deadlock victim moved nothing
                 if not _is_deadlock(exc) or attempt == _HOLD_ATTEMPTS - 1:
@@ -512,6 +539,13 @@ class Ledger:
         client_request_id: str | None = None,
     ) -> None:
         """Log a request refused before any hold (validation 4xx, 402, 429 ...)."""
+        if error_code == DatabaseUnavailable.default_code:
+            # The database just did not answer (or its pool is exhausted): asking it again
+            # would double the client's wait for its 503 and load a pool already full.
+            logger.warning(
+                "ledger: request %s refused by a database outage, not logged", request_id
+            )
+            return
         async with self._atomic() as repo:
             inserted = await repo.insert_unbilled(
                 {
@@ -592,12 +626,17 @@ def _pool_size(engine: AsyncEngine) -> int:
     return int(size()) if callable(size) else 1
 
 
+def _check_amount(micros: int, param: str) -> None:
+    try:
+        check_amount(micros)
+    except MoneyError as exc:
+        raise InvalidParameter(f"{param}: {exc}", param=param) from None
+
+
 def _parse_cursor(cursor: str | None) -> int | None:
     if cursor is None or cursor == "":
         return None
-    if not cursor.isdigit():
-        raise InvalidParameter("cursor is not one this API returned", param="cursor")
-    return int(cursor)
+    return decode_id_cursor(cursor)
 
 
 def _log_orphan_failure(task: asyncio.Future[Any]) -> None:

@@ -94,6 +94,27 @@ class MemoryRateLimiter:
 
         return Lease(release)
 
+    def record(self, key_id: str, *, rpm: bool, concurrent: bool) -> Lease:
+        """Count an admission decided elsewhere (by Redis), without checking any limit, so
+        this process knows its own recent requests if it must decide alone later. Memory stays
+        bounded as with `acquire`: the window is pruned and idle keys are swept."""
+        now = self._clock()
+        if now >= self._next_sweep:
+            self._sweep(now)
+        state = self._keys.get(key_id)
+        if state is None:
+            state = self._keys[key_id] = _KeyState()
+        if rpm:
+            self._prune(state, now).append(now)
+        if not concurrent:
+            return UNLIMITED
+        state.in_flight += 1
+
+        async def release() -> None:
+            self._release(key_id, state)
+
+        return Lease(release)
+
     async def aclose(self) -> None:
         self._keys.clear()
 

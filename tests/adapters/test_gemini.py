@@ -167,6 +167,7 @@ def test_parse_skips_thoughts_and_reads_usage() -> None:
             {"modality": "TEXT", "tokenCount": 12},
             {"modality": "IMAGE", "tokenCount": 258},
         ],
+        "candidatesTokensDetails": [{"modality": "IMAGE", "tokenCount": 1120}],
     }
     body = answer(
         inline(JPEG, thought=True), {"text": "Here it is"}, inline(PNG), usageMetadata=usage
@@ -179,6 +180,7 @@ def test_parse_skips_thoughts_and_reads_usage() -> None:
     assert (parsed.usage.input_tokens, parsed.usage.output_tokens) == (270, 1270)
     assert parsed.usage.total_tokens == 1540
     assert parsed.usage.input_tokens_details == {"text_tokens": 12, "image_tokens": 258}
+    assert parsed.usage.output_tokens_details == {"image_tokens": 1120}
 
 
 def test_parse_accepts_snake_case_and_file_links() -> None:

@@ -161,6 +161,8 @@ def test_parse_b64_url_revised_prompt_and_usage() -> None:
             "input_tokens_details": {"text_tokens": 10, "image_tokens": 0},
             "output_tokens_details": {"image_tokens": 20, "text_tokens": 0},
         },
+        "quality": "medium",  # what `auto` chose
+        "background": "opaque",
     }
     parsed = parse_response(json.dumps(body).encode())
 
@@ -168,7 +170,10 @@ def test_parse_b64_url_revised_prompt_and_usage() -> None:
         (PNG, None, "better"),
         (None, "https://cdn.example/x.png", None),
     ]
-    assert parsed.usage == TokenUsage(10, 20, 30, {"text_tokens": 10, "image_tokens": 0})
+    assert parsed.usage == TokenUsage(
+        10, 20, 30, {"text_tokens": 10, "image_tokens": 0}, {"image_tokens": 20, "text_tokens": 0}
+    )
+    assert (parsed.quality, parsed.background) == ("medium", "opaque")
 
 
 @pytest.mark.parametrize(
@@ -248,9 +253,9 @@ def test_credentials_message_never_quotes_the_provider() -> None:
 
 def test_sum_usage() -> None:
     one = TokenUsage(1, 2, 3, {"text_tokens": 1})
-    two = TokenUsage(10, 20, 30, {"text_tokens": 5, "image_tokens": 5})
+    two = TokenUsage(10, 20, 30, {"text_tokens": 5, "image_tokens": 5}, {"image_tokens": 20})
 
     assert sum_usage([one, None, two]) == TokenUsage(
-        11, 22, 33, {"text_tokens": 6, "image_tokens": 5}
+        11, 22, 33, {"text_tokens": 6, "image_tokens": 5}, {"image_tokens": 20}
     )
     assert sum_usage([None, None]) is None

@@ -163,8 +163,8 @@ def token_model(**extra: Any) -> CompiledModel:
 def test_per_token_quote_bounds_input_and_output() -> None:
     m = token_model()
     req = m.validate({"prompt": "héllo", "n": 2}).request  # 6 UTF-8 bytes
-    # $5/M tokens = 5 micros a token: 6 x 5 + 2 x 4160 x 40
-    assert m.price.quote(req) == 332_830
+    # $5/M tokens = 5 micros a token: 2 x (6 x 5 + 4160 x 40), the input once per image
+    assert m.price.quote(req) == 332_860
     capped = token_model(max_input_tokens=1000, max_input_tokens_per_reference_image=500)
     edit = capped.validate({"prompt": "x"}, images=[b"1", b"2"]).request
     assert capped.price.quote(edit) == 10_000 + 166_400  # (1000 + 2 x 500) x 5 + 4160 x 40
@@ -185,6 +185,25 @@ def test_per_token_settle_without_usage_bills_the_bound_for_delivered_images() -
     m = token_model()
     req = m.validate({"prompt": "hello", "n": 3}).request
     assert m.price.settle(req, [(1024, 1024)], None) == 25 + 166_400
+    assert m.price.settle(req, [(1024, 1024)] * 3, None) == m.price.quote(req)
+
+
+def test_per_token_hold_covers_n_fanned_out_calls_that_each_resend_the_input() -> None:
+    """Rule 5 of the lifecycle issue: n = 4 as four upstream calls (Gemini, BFL, `fan_out`
+    servers), each billed for the whole prompt and every reference image, at the worst case
+    output: the hold still covers it, so nothing is clamped and nobody gets images cheap."""
+    m = token_model(max_input_tokens=1000, max_input_tokens_per_reference_image=500)
+    req = m.validate({"prompt": "x", "n": 4}, images=[b"1", b"2"]).request
+    per_call = TokenUsage(input_tokens=1000 + 2 * 500, output_tokens=4160, total_tokens=6160)
+    summed = TokenUsage(
+        input_tokens=4 * per_call.input_tokens,
+        output_tokens=4 * per_call.output_tokens,
+        total_tokens=4 * per_call.total_tokens,
+    )
+    delivered = [(1024, 1024)] * 4
+    assert m.price.actual(req, delivered, summed) == 4 * (2000 * 5 + 4160 * 40)
+    assert m.price.quote(req) >= m.price.actual(req, delivered, summed)
+    assert m.price.settle(req, delivered, summed) == m.price.actual(req, delivered, summed)
 
 
 def test_per_token_fractions_round_up() -> None:

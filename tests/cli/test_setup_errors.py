@@ -148,3 +148,89 @@ def test_settings_defaults_live_under_gateway_home(
     assert Settings().gateway_config == tmp_path / "config" / "models.yaml"
     monkeypatch.setenv("GATEWAY_CONFIG", "mine.yaml")  # an explicit path is taken as given
     assert Settings().gateway_config == Path("mine.yaml")
+
+
+SLOW_MODEL = """
+providers:
+  preview: {adapter: local-preview, timeout_s: 60}
+  slow: {adapter: local-preview, timeout_s: 700}
+models:
+  local-preview:
+    owned_by: me
+    routes: [{provider: preview, upstream_model: x}]
+    pricing: {per_image: 0.01}
+  slow-model:
+    owned_by: me
+    routes: [{provider: preview, upstream_model: x}, {provider: slow, upstream_model: y}]
+    pricing: {per_image: 0.01}
+"""
+
+
+def test_a_model_that_can_outlive_its_hold_stops_check_and_serve(tmp_path: Path) -> None:
+    # slow-model's worst case: 60 + 700 s on its routes, plus 120 s (with the default pool and
+    # statement timeouts) to finish and settle = 880 s; local-preview's is 180 s
+    catalog = tmp_path / "models.yaml"
+    catalog.write_text(SLOW_MODEL)
+    env = {"GATEWAY_CONFIG": str(catalog), "DATABASE_URL": f"sqlite:///{tmp_path}/gw.db"}
+    assert image_gateway("config", "check", cwd=tmp_path, **env).returncode == 0  # 880 < 900
+
+    env["GATEWAY_HOLD_TIMEOUT_S"] = "880"
+    check = image_gateway("config", "check", cwd=tmp_path, **env)
+    assert_one_line_exit_2(check, "GATEWAY_HOLD_TIMEOUT_S")
+    assert '"slow-model"' in check.stderr and "880 s" in check.stderr
+    assert "local-preview" not in check.stderr
+    serve = image_gateway("serve", "--port", str(free_port()), cwd=tmp_path, **env)
+    assert serve.stderr == check.stderr and serve.stdout == ""
+    assert not (tmp_path / "gw.db").exists()
+
+    # a statement timeout counts in the margin: 60 + 700 + 60 + 30 + 10 = 860
+    env.update(GATEWAY_HOLD_TIMEOUT_S="870", GATEWAY_DB_STATEMENT_TIMEOUT_S="10")
+    assert image_gateway("config", "check", cwd=tmp_path, **env).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("GATEWAY_HOLD_TIMEOUT_S", "0"),
+        ("GATEWAY_SWEEP_INTERVAL_S", "-1"),
+        ("GATEWAY_IDEMPOTENCY_TTL_S", "0"),
+        ("GATEWAY_DB_POOL_TIMEOUT_S", "0"),
+        ("GATEWAY_DB_CONNECT_TIMEOUT_S", "0"),
+        ("GATEWAY_DB_STATEMENT_TIMEOUT_S", "-5"),
+        ("GATEWAY_MAX_REQUEST_BYTES", "0"),
+        ("GATEWAY_UPSTREAM_MAX_CONNECTIONS", "0"),
+        ("GATEWAY_STREAM_KEEPALIVE_S", "0"),
+        ("GATEWAY_DEFAULT_KEY_RPM", "0"),
+        ("GATEWAY_LOG_LEVEL", "chatty"),
+        ("GATEWAY_DEMO_BALANCE", "1e30"),
+    ],
+)
+def test_settings_out_of_bounds_are_refused_naming_them(setting: str, value: str) -> None:
+    from app.preflight import SetupError, load_settings
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(setting, value)
+        with pytest.raises(SetupError, match=f"^{setting}: .*{value!r}"):
+            load_settings()
+
+
+@pytest.mark.parametrize(
+    ("env", "first"),
+    [
+        ({"GATEWAY_SWEEP_INTERVAL_S": "900"}, "GATEWAY_SWEEP_INTERVAL_S"),
+        ({"GATEWAY_SWEEP_INTERVAL_S": "100", "GATEWAY_HOLD_TIMEOUT_S": "50"},
+         "GATEWAY_SWEEP_INTERVAL_S"),
+    ],
+)  # fmt: skip
+def test_settings_that_contradict_each_other_are_refused(
+    env: dict[str, str], first: str, tmp_path: Path
+) -> None:
+    result = image_gateway("config", "check", cwd=tmp_path, **env)
+    assert_one_line_exit_2(result, first)
+
+
+def test_log_level_is_an_enum_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.settings import LogLevel, Settings
+
+    monkeypatch.setenv("GATEWAY_LOG_LEVEL", " DEBUG ")
+    assert Settings().log_level is LogLevel.DEBUG

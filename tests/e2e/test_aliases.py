@@ -40,3 +40,27 @@ def test_one_alias_points_tenants_at_different_models(env: Env) -> None:
     _, secret_b = env.run(seed)
     assert env.client().models.retrieve("tenant-img").owned_by == "image-gateway"
     assert env.client(secret_b).models.retrieve("tenant-img").owned_by == "openai"
+
+
+@pytest.mark.gateway(models=ALIASES)
+def test_generation_resolves_an_alias_for_the_callers_account(env: Env) -> None:
+    """The same alias generates with each tenant's own target (not only in /v1/models)."""
+
+    async def seed(engine):  # type: ignore[no-untyped-def]
+        from app.ledger import Ledger
+
+        await Ledger(engine).create_account(
+            name="b", balance_micros=1_000_000, account_id="acct_tenant_b"
+        )
+        return await factories.make_key(engine, "acct_tenant_b")
+
+    _, secret_b = env.run(seed)
+    mine = env.client().images.generate(model="tenant-img", prompt="a fox")
+    assert mine.model_extra["model"] == "local-preview"  # type: ignore[index]
+    assert not env.upstream.requests
+    theirs = env.client(secret_b).images.generate(
+        model="tenant-img", prompt="a fox", quality="low", size="1024x1024"
+    )
+    assert theirs.model_extra["model"] == "gpt-image-1"  # type: ignore[index]
+    assert [r.path for r in env.upstream.requests] == ["/v1/images/generations"]
+    assert theirs.usage.model_extra["cost"]["total_cost"] == 0.011  # type: ignore[union-attr]

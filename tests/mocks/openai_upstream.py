@@ -23,15 +23,18 @@ github.com/jeffstric/ZJT/issues/480 and ucx0204/CarrotMangaTranslator/issues/122
   other models (dall-e-*) reject `output_format` and answer a URL unless
   `response_format: b64_json`. `mode="url"` forces URLs for every model (some compatible
   servers do). Answers carry `created`, `data[]`, and for GPT Image `usage`
-  (input/output/total tokens, `input_tokens_details`), `size`, `quality`, `output_format`;
-  dall-e-3 answers carry `revised_prompt`.
+  (input/output/total tokens, `input_tokens_details`, `output_tokens_details`), `size`,
+  `quality` and `background` (`auto` resolved to what was used), `output_format`; dall-e-3
+  answers carry `revised_prompt`.
 - Errors: `{"error": {"message", "type", "param", "code"}}`. A prompt containing
   `BLOCKME` is refused like OpenAI's safety system: 400 `moderation_blocked` /
   `image_generation_user_error` (GPT Image) or `content_policy_violation` (dall-e).
 
 Knobs (attributes, changeable while running): `mode`, `image_format` (None = honour the
 request's `output_format`, else always this format: exercises transcoding), `latency_s`,
-`fail_rate` (fraction answered 500, seeded RNG), `fail_next(status, body)`, `max_n`
+`gate` (a `threading.Event`: image requests wait until it is set, so a test decides when
+the provider answers), `fail_rate` (fraction answered 500, seeded RNG), `fail_next(status,
+body)`, `max_n`
 (400 above it: servers allowing only n=1), `chunked_files` (no Content-Length on
 /files), `fixed_png` (one cached image per size and format, no Pillow work per request:
 for benchmarks).
@@ -67,6 +70,8 @@ ImageFormat = Literal["png", "jpeg", "webp"]
 _PIL_NAMES = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 # Output tokens per 1024x1024 image by quality, from OpenAI's GPT Image pricing guide.
 _TOKENS_PER_IMAGE = {"low": 272, "medium": 1056, "high": 4160, "auto": 1056}
+#: what the mock's `quality: auto` settles on (named in its answer, as OpenAI does)
+AUTO_QUALITY = "medium"
 
 
 @dataclass
@@ -122,6 +127,7 @@ class MockOpenAIUpstream(MockServer):
         self.max_n = max_n
         self.fixed_png = fixed_png
         self.chunked_files = chunked_files
+        self.gate: threading.Event | None = None
         self._defaults = {
             "api_key": api_key,
             "mode": mode,
@@ -131,6 +137,7 @@ class MockOpenAIUpstream(MockServer):
             "max_n": max_n,
             "fixed_png": fixed_png,
             "chunked_files": chunked_files,
+            "gate": None,
         }
         self.requests: list[RecordedRequest] = []
         self._rng = random.Random(seed)
@@ -239,6 +246,10 @@ class MockOpenAIUpstream(MockServer):
         self, request: Request, recorded: RecordedRequest, body: dict[str, Any] | None
     ) -> Response:
         await self._sleep(self.latency_s)
+        while self.gate is not None and not self.gate.is_set():
+            await self._sleep(0.02)  # returns at once when the server stops
+            if self._server is None or self._server.should_exit:
+                break
         headers = recorded.headers
         presented = headers.get("authorization", "").removeprefix("Bearer ") or headers.get(
             "api-key", ""
@@ -326,9 +337,11 @@ class MockOpenAIUpstream(MockServer):
         fmt: ImageFormat = self.image_format or (requested if requested in _PIL_NAMES else "png")
         as_url = self.mode == "url" or (not gpt_image and body.get("response_format") != "b64_json")
         data: list[dict[str, Any]] = []
+        # like GPT Image: a transparent background is an alpha channel (not in JPEG)
+        transparent = gpt_image and body.get("background") == "transparent" and fmt != "jpeg"
         for index in range(n):
             image, b64 = await self._image(
-                width, height, fmt, f"{prompt}\x00{index}\x00{time.time_ns()}"
+                width, height, fmt, f"{prompt}\x00{index}\x00{time.time_ns()}", transparent
             )
             item: dict[str, Any] = {}
             if as_url:
@@ -345,33 +358,43 @@ class MockOpenAIUpstream(MockServer):
             quality = str(body.get("quality") or "auto")
             per_image = _TOKENS_PER_IMAGE.get(quality, 1056) * width * height // (1024 * 1024)
             text_tokens = max(1, len(prompt.split()))
+            background = body.get("background") or "auto"
             answer.update(
                 size=f"{width}x{height}",
-                quality=quality,
+                # like OpenAI, the answer names what `auto` chose
+                quality=AUTO_QUALITY if quality == "auto" else quality,
                 output_format=fmt,
-                background=body.get("background", "opaque"),
+                background="opaque" if background == "auto" else background,
                 usage={
                     "input_tokens": text_tokens,
                     "output_tokens": per_image * n,
                     "total_tokens": text_tokens + per_image * n,
                     "input_tokens_details": {"text_tokens": text_tokens, "image_tokens": 0},
+                    "output_tokens_details": {"image_tokens": per_image * n, "text_tokens": 0},
                 },
             )
         return Response(orjson.dumps(answer), media_type="application/json")
 
-    async def _image(self, width: int, height: int, fmt: str, key: str) -> tuple[bytes, str]:
-        if self.fixed_png:
+    async def _image(
+        self, width: int, height: int, fmt: str, key: str, transparent: bool = False
+    ) -> tuple[bytes, str]:
+        if self.fixed_png and not transparent:
             cached = self._cache.get((width, height, fmt))
             if cached is None:
                 cached = await asyncio.to_thread(_render, width, height, fmt, "fixed")
                 self._cache[(width, height, fmt)] = cached
             return cached
-        return await asyncio.to_thread(_render, width, height, fmt, key)
+        return await asyncio.to_thread(_render, width, height, fmt, key, transparent)
 
 
-def _render(width: int, height: int, fmt: str, key: str) -> tuple[bytes, str]:
+def _render(
+    width: int, height: int, fmt: str, key: str, transparent: bool = False
+) -> tuple[bytes, str]:
     digest = hashlib.sha256(key.encode()).digest()
-    image = Image.new("RGB", (width, height), (digest[0], digest[1], digest[2]))
+    if transparent:  # a clear background behind the (opaque) subject
+        image = Image.new("RGBA", (width, height), (0, 0, 0, 0))
+    else:
+        image = Image.new("RGB", (width, height), (digest[0], digest[1], digest[2]))
     image.paste((digest[3], digest[4], digest[5]), (0, 0, max(1, width // 2), max(1, height // 2)))
     buffer = io.BytesIO()
     image.save(buffer, _PIL_NAMES[fmt], **({"compress_level": 1} if fmt == "png" else {}))

@@ -65,3 +65,23 @@ async def test_make_rate_limiter_without_redis_is_in_process() -> None:
     limiter = make_rate_limiter(None)
     assert isinstance(limiter, MemoryRateLimiter)
     await limiter.aclose()
+
+
+async def test_recorded_admissions_count_and_stay_bounded() -> None:
+    """`record` (admissions Redis decided) counts like `acquire`, and is swept like it."""
+    clock = FakeClock()
+    limiter = MemoryRateLimiter(window_s=60, clock=clock)
+    for _ in range(3):
+        limiter.record("k", rpm=True, concurrent=False)
+    lease = limiter.record("k", rpm=False, concurrent=True)
+    with pytest.raises(RateLimited):
+        await limiter.acquire("k", rpm=3, max_concurrency=None)
+    with pytest.raises(RateLimited):
+        await limiter.acquire("k", rpm=None, max_concurrency=1)
+    await lease.release()
+    clock.now += 61
+    for index in range(1000):
+        limiter.record(f"other-{index}", rpm=True, concurrent=False)
+    clock.now += 121
+    limiter.record("last", rpm=True, concurrent=False)
+    assert len(limiter) == 1  # everything idle for a whole window was swept

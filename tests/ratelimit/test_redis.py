@@ -65,6 +65,11 @@ async def test_a_crashed_replicas_lease_expires(replicas: list[RateLimiter]) -> 
     await crashed.acquire(key, rpm=None, max_concurrency=1)  # never released
     with pytest.raises(RateLimited):
         await survivor.acquire(key, rpm=None, max_concurrency=1)
+    await anyio.sleep(0.6)  # while its process lives, the heartbeat keeps the lease
+    with pytest.raises(RateLimited):
+        await survivor.acquire(key, rpm=None, max_concurrency=1)
+
+    await crashed.aclose()  # the process is gone: nothing renews the lease any more
 
     await anyio.sleep(0.6)  # lease_ttl_s = 0.5
     lease = await survivor.acquire(key, rpm=None, max_concurrency=1)
@@ -147,7 +152,8 @@ async def test_redis_down_degrades_to_per_process_limits(
 async def test_back_to_redis_after_a_restart(
     private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The restarted server has neither our keys nor our script (NOSCRIPT): both recover."""
+    """The restarted server has neither our keys nor our script (NOSCRIPT): both recover, and
+    the request admitted locally while it was down is merged back."""
     limiter = RedisRateLimiter.from_url(private_redis.url, retry_after_failure_s=0.1)
     raw = Redis.from_url(private_redis.url)
     key = unique_key()
@@ -163,7 +169,7 @@ async def test_back_to_redis_after_a_restart(
         await limiter.acquire(key, rpm=5, max_concurrency=None)
     await raw.aclose()
     raw = Redis.from_url(private_redis.url)
-    assert await raw.zcard(rpm_key) == 1
+    assert await raw.zcard(rpm_key) == 2  # the one served locally, and the one after
     assert "answers again" in caplog.text
     await raw.aclose()
     await limiter.aclose()

@@ -2,6 +2,8 @@
 
 The official `openai` SDK talks to it over HTTP exactly as users' code does. Each `LiveGateway`
 gets its own catalog file, database URL and admin token; `stop()` runs the lifespan shutdown.
+Every response it serves is checked against the openai SDK's own types
+(`tests.support.sdk_contract`); leaving the `with` block fails the test on any violation.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import uvicorn
 
 from app.main import create_app
 from app.settings import Settings
+from tests.support.sdk_contract import ContractCheckedApp
 
 ADMIN_TOKEN = "admin-test-token-0123456789abcdefghij"
 
@@ -34,8 +37,9 @@ class LiveGateway:
             **settings,
         )
         self.app = create_app(self.settings)
+        self.contract = ContractCheckedApp(self.app)
         config = uvicorn.Config(
-            self.app,
+            self.contract,
             host="127.0.0.1",
             port=0,
             log_level="warning",
@@ -75,5 +79,7 @@ class LiveGateway:
     def __enter__(self) -> LiveGateway:
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         self.stop()
+        if exc_type is None:
+            self.contract.assert_clean()

@@ -1,7 +1,7 @@
 """console: which request an Idempotency-Key record belongs to, and how often it was replayed
 
-Revision ID: 0004_console_replays
-Revises: 0003_budgets
+Revision ID: 0006_console_replays
+Revises: 0005_request_route
 """
 
 from collections.abc import Sequence
@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0004_console_replays"
-down_revision: str | Sequence[str] | None = "0003_budgets"
+revision: str = "0006_console_replays"
+down_revision: str | Sequence[str] | None = "0005_request_route"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
