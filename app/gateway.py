@@ -13,21 +13,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
 import httpx
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.adapters.base import AdapterContext, ImageAdapter
 from app.adapters.registry import build_adapter
+from app.catalog.account_pricing import AccountPricing
 from app.catalog.live import CatalogSnapshot, LiveCatalog
 from app.catalog.loader import Catalog, load_catalog
 from app.catalog.reload import CatalogReloader, reload_on_sighup
 from app.db.engine import engine_for
+from app.db.faults import DatabaseUnavailable
+from app.db.models import Account
 from app.images.admission import Admissions
+from app.images.breaker import Breaker, Event, Transition, make_breaker
 from app.images.routing import Router
 from app.images.service import ImageLimits, ImageService
 from app.images.work import ImageWorkPool
@@ -43,6 +50,10 @@ from app.ratelimit.base import RateLimiter
 from app.security.throttle import FailureThrottle
 from app.settings import Settings
 from app.upstream_client import make_http_client, upstream_occupancy
+from app.webhooks.destinations import DestinationPolicy
+from app.webhooks.dispatcher import DeliveryPolicy, Dispatcher, make_client, running
+from app.webhooks.events import provider_transition
+from app.webhooks.service import WebhookService
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +78,12 @@ class Gateway:
     images: ImageService
     #: re-reads the catalog file into `live` (SIGHUP, `POST /admin/v1/catalog/reload`)
     reloader: CatalogReloader
+    #: webhook endpoints and deliveries (`app.webhooks`); the dispatcher sends from the outbox
+    webhooks: WebhookService
+    dispatcher: Dispatcher
+    #: provider health for the `Router` (`app.images.breaker`): shared through Redis when
+    #: REDIS_URL is set; its transitions become `provider.*` webhook events
+    breaker: Breaker
     #: the upstream and database pools' occupancy, for metrics (app.pools)
     pools: list[PoolGauge] = field(default_factory=list)
 
@@ -91,6 +108,38 @@ def pool_gauges(gateway: Gateway) -> list[PoolGauge]:
     return gauges
 
 
+async def warn_about_account_pricing(engine: AsyncEngine, catalog: Catalog) -> None:
+    """Start-up check of the stored account prices against this catalog: an entry for a
+    model the catalog no longer has is unused (that model is gone), so it is a warning."""
+    try:
+        async with engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(Account.id, Account.pricing).where(Account.pricing.is_not(None))
+                )
+            ).all()
+    except (DBAPIError, DatabaseUnavailable):
+        # not migrated yet, or the database is down: the gateway still starts (requests are
+        # 503s until it is back, readiness reports it); this check is only a warning
+        return
+    for account_id, text in rows:
+        try:
+            pricing = AccountPricing.from_json(text)
+            if pricing is not None:
+                pricing.check_models(catalog.models)
+        except ValueError as exc:
+            logger.warning("account %s: %s", account_id, exc)
+
+
+def provider_announcer(dispatcher: Dispatcher) -> Transition:
+    """The breaker's hook: a provider's cool-down or recovery as a webhook event."""
+
+    async def announce(provider: str, event: Event, since: str) -> None:
+        await dispatcher.emit(provider_transition(provider, event, since=since))
+
+    return announce
+
+
 @contextlib.asynccontextmanager
 async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
     catalog = load_catalog(settings.gateway_config, os.environ)  # logs its own warnings
@@ -98,6 +147,18 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
     http = make_http_client(settings)
     rate_limiter = make_rate_limiter(settings.redis_url)
     ledger = Ledger(engine, clock=file_clock(settings.clock_file))
+    destinations = DestinationPolicy(
+        allow_http=settings.webhook_allow_http, allow_private=settings.webhook_allow_private
+    )
+    dispatcher = Dispatcher(
+        engine,
+        functools.partial(
+            make_client, timeout_s=settings.webhook_timeout_s, ca_bundle=settings.webhook_ca_bundle
+        ),
+        destinations=destinations,
+        policy=DeliveryPolicy.from_settings(settings),
+        clock=file_clock(settings.clock_file),
+    )
     image_work = ImageWorkPool(
         workers=settings.image_workers,
         budget_pixels=settings.image_budget_megapixels * 1_000_000,
@@ -108,6 +169,12 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
     live = LiveCatalog(CatalogSnapshot(catalog, build_adapters(catalog, adapter_context)))
     # a claim stays in progress as long as its request may run: the hold timeout
     idempotency = IdempotencyStore(engine, lease_s=settings.hold_timeout_s)
+    breaker = make_breaker(
+        settings.redis_url,
+        failure_threshold=settings.breaker_failure_threshold,
+        cooldown_s=settings.breaker_cooldown_s,
+        on_transition=provider_announcer(dispatcher),
+    )
     gateway = Gateway(
         settings=settings,
         live=live,
@@ -143,7 +210,7 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
                 rate_limiter=rate_limiter,
                 idempotency_ttl_s=settings.idempotency_ttl_s,
             ),
-            router=Router(),  # process-wide: its breaker remembers each provider's health
+            router=Router(breaker=breaker),  # process-wide: provider health, shared via Redis
             image_work=image_work,
             limits=ImageLimits(
                 max_image_bytes=settings.max_image_bytes,
@@ -153,8 +220,12 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
             ),
         ),
         reloader=CatalogReloader(live, path=settings.gateway_config, context=adapter_context),
+        webhooks=WebhookService(engine, dispatcher, destinations),
+        dispatcher=dispatcher,
+        breaker=breaker,
     )
     gateway.pools = pool_gauges(gateway)
+    await warn_about_account_pricing(engine, catalog)
     sweeper = Sweeper(ledger, idempotency=gateway.idempotency)
     sweeper_task = asyncio.create_task(
         sweeper.run_forever(
@@ -164,12 +235,19 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
     )
     try:
         with reload_on_sighup(gateway.reloader):
-            yield gateway
+            async with running(
+                dispatcher,
+                poll_interval_s=settings.webhook_poll_interval_s,
+                scan_interval_s=settings.webhook_scan_interval_s,
+            ):
+                yield gateway
     finally:
         await gateway.images.wait_idle()  # admitted requests settle, store and release
         sweeper_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper_task
+        await dispatcher.aclose()
+        await breaker.aclose()
         await ledger.wait_idle()  # settlements shielded from cancelled requests
         await rate_limiter.aclose()
         await http.aclose()

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 
 from app import __version__
 from app.admin.endpoints import router as admin_router
+from app.admin.webhooks import router as webhooks_router
 from app.api.errors import register_error_handlers
 from app.api.images import router as images_router
 from app.api.models import router as models_router
@@ -50,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(usage_router)
     # the admin API answers 404 when it is off (require_admin); it is not documented then
     app.include_router(admin_router, include_in_schema=bool(settings.admin_token))
+    app.include_router(webhooks_router, include_in_schema=bool(settings.admin_token))
     mount_console(app, settings)  # on with the admin API; not in the OpenAPI document
     install_openapi(app)
 

@@ -183,6 +183,72 @@ class Settings(BaseSettings):
             raise ValueError("must not be negative")
         return value
 
+    # Webhooks (`app.webhooks`): delivery from the outbox, by every replica
+    #: tests/dev only: accept http:// endpoint URLs (production endpoints must be https://)
+    webhook_allow_http: bool = Field(default=False, validation_alias="GATEWAY_WEBHOOK_ALLOW_HTTP")
+    #: accept endpoints resolving to private/loopback/link-local addresses (in-cluster receivers)
+    webhook_allow_private: bool = Field(
+        default=False, validation_alias="GATEWAY_WEBHOOK_ALLOW_PRIVATE"
+    )
+    #: PEM file of extra CAs to trust for endpoints (an internal CA); default: system trust
+    webhook_ca_bundle: Path | None = Field(
+        default=None, validation_alias="GATEWAY_WEBHOOK_CA_BUNDLE"
+    )
+    webhook_timeout_s: float = Field(
+        default=15.0, gt=0, le=120, validation_alias="GATEWAY_WEBHOOK_TIMEOUT_S"
+    )
+    webhook_max_attempts: int = Field(
+        default=10, ge=1, le=50, validation_alias="GATEWAY_WEBHOOK_MAX_ATTEMPTS"
+    )
+    #: the n-th retry waits about backoff * 2^(n-1) (with jitter), capped at max_backoff
+    webhook_backoff_s: float = Field(
+        default=5.0, gt=0, validation_alias="GATEWAY_WEBHOOK_BACKOFF_S"
+    )
+    webhook_max_backoff_s: float = Field(
+        default=6 * 3600.0, gt=0, validation_alias="GATEWAY_WEBHOOK_MAX_BACKOFF_S"
+    )
+    webhook_poll_interval_s: float = Field(
+        default=2.0, gt=0, le=300, validation_alias="GATEWAY_WEBHOOK_POLL_INTERVAL_S"
+    )
+    #: how long a claimed attempt belongs to its sender (a dead sender's runs out)
+    webhook_lease_s: float = Field(default=60.0, gt=0, validation_alias="GATEWAY_WEBHOOK_LEASE_S")
+    #: `key.expiring` is sent this long before a key expires (0: never)
+    webhook_key_expiry_window_s: float = Field(
+        default=7 * 86_400.0, ge=0, validation_alias="GATEWAY_WEBHOOK_KEY_EXPIRY_WINDOW_S"
+    )
+    webhook_scan_interval_s: float = Field(
+        default=300.0, gt=0, validation_alias="GATEWAY_WEBHOOK_SCAN_INTERVAL_S"
+    )
+    #: finished deliveries and their events are deleted after this many days (the dedupe of
+    #: once-per-window events needs them for a month: at least 32)
+    webhook_retention_days: int = Field(
+        default=35, ge=32, le=3650, validation_alias="GATEWAY_WEBHOOK_RETENTION_DAYS"
+    )
+
+    # Provider circuit breaker (shared through REDIS_URL when set)
+    breaker_failure_threshold: int = Field(
+        default=5, ge=1, le=1000, validation_alias="GATEWAY_BREAKER_FAILURE_THRESHOLD"
+    )
+    breaker_cooldown_s: float = Field(
+        default=30.0, gt=0, le=86_400, validation_alias="GATEWAY_BREAKER_COOLDOWN_S"
+    )
+
+    @model_validator(mode="after")
+    def _webhook_timings_fit(self) -> Settings:
+        if self.webhook_lease_s <= self.webhook_timeout_s:
+            raise ValueError(
+                f"GATEWAY_WEBHOOK_LEASE_S ({self.webhook_lease_s:g}) must be longer than "
+                f"GATEWAY_WEBHOOK_TIMEOUT_S ({self.webhook_timeout_s:g}): a lease that ends "
+                "mid-send lets another replica send the same attempt"
+            )
+        if self.webhook_max_backoff_s < self.webhook_backoff_s:
+            raise ValueError(
+                "GATEWAY_WEBHOOK_MAX_BACKOFF_S must be at least GATEWAY_WEBHOOK_BACKOFF_S"
+            )
+        if self.webhook_ca_bundle is not None and not self.webhook_ca_bundle.is_file():
+            raise ValueError(f"GATEWAY_WEBHOOK_CA_BUNDLE: no such file: {self.webhook_ca_bundle}")
+        return self
+
     @field_validator("admin_token")
     @classmethod
     def _strong_admin_token(cls, value: str | None) -> str | None:

@@ -15,12 +15,16 @@ Decisions:
 - `GET /usage`: `from` inclusive, `to` exclusive; a time without a zone is UTC. `total` is
   always there; `data` holds one row per group with `group_by`, and is empty without it.
 - `GET /requests`: `status` filters the HTTP status answered, `state` the billing state.
+- `PATCH /accounts/{id}` also sets `low_balance_threshold` (USD; the `balance.below_threshold`
+  webhook) and `pricing` (`app.catalog.account_pricing`); `null` clears either. A pricing
+  change clears this process's key cache (keys carry their account's prices); other
+  processes follow within `GATEWAY_KEY_CACHE_TTL_S`.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
@@ -59,6 +63,7 @@ from app.admin.schemas import (
 )
 from app.admin.service import CreditRequest, CreditService
 from app.api.openapi import error_responses
+from app.catalog.account_pricing import parse_pricing
 from app.db.storable import utc_instant
 from app.errors import InvalidParameter
 
@@ -104,12 +109,21 @@ async def get_account(account_id: str, ledger: LedgerDep) -> AccountOut:
 
 @router.patch("/accounts/{account_id}")
 async def update_account(
-    account_id: str, body: AccountUpdate, ledger: LedgerDep, authenticator: AuthenticatorDep
+    account_id: str,
+    body: AccountUpdate,
+    request: Request,
+    ledger: LedgerDep,
+    authenticator: AuthenticatorDep,
 ) -> AccountOut:
+    edits: dict[str, Any] = {}
+    if "low_balance_threshold" in body.model_fields_set:
+        edits["low_balance_threshold_micros"] = body.low_balance_threshold
+    if "pricing" in body.model_fields_set:
+        edits["pricing"] = _checked_pricing(body.pricing, request)
     record = await ledger.update_account(
-        account_id, name=body.name, status=body.status, timezone=body.timezone
+        account_id, name=body.name, status=body.status, timezone=body.timezone, **edits
     )
-    if body.status is not None:
+    if body.status is not None or "pricing" in edits:
         authenticator.invalidate_all()
     return AccountOut.of(record)
 
@@ -252,6 +266,21 @@ async def list_requests(
     )
     records, next_cursor = await reports.list_requests(filters, limit=limit, cursor=cursor)
     return Page(data=[RequestOut.of(record) for record in records], next_cursor=next_cursor)
+
+
+def _checked_pricing(raw: dict[str, Any] | None, request: Request) -> str | None:
+    """Validated account pricing as stored (JSON text), or None to clear it; model ids are
+    checked against the catalog in force (where the app has one)."""
+    if raw is None:
+        return None
+    try:
+        pricing = parse_pricing(raw)
+        catalog = getattr(request.app.state.gateway, "catalog", None)
+        if catalog is not None:
+            pricing.check_models(catalog.models)
+    except ValueError as exc:
+        raise InvalidParameter(str(exc), param="pricing") from exc
+    return pricing.to_json()
 
 
 # catalog ------------------------------------------------------------------------------

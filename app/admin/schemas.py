@@ -15,6 +15,7 @@ them, so the admin API and the CLI give the same answers.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Generic, Literal, Self, TypeVar
@@ -101,6 +102,10 @@ class AccountUpdate(_Request):
         Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_no_nul)]
         | None
     ) = None
+    #: USD: `balance.below_threshold` webhook event when a debit crosses it (null: off)
+    low_balance_threshold: Micros | None = None
+    #: the account's price list (`app.catalog.account_pricing`); null: catalog prices
+    pricing: dict[str, Any] | None = None
 
 
 class CreditCreate(_Request):
@@ -166,18 +171,35 @@ class AccountOut(BaseModel):
     balance: float
     status: str
     timezone: str
+    low_balance_threshold: float | None = None
+    pricing: dict[str, Any] | None = None
     created_at: datetime
 
     @classmethod
     def of(cls, record: AccountRecord) -> Self:
+        threshold = record.low_balance_threshold_micros
         return cls(
             id=record.id,
             name=record.name,
             balance=micros_to_json(record.balance_micros),
             status=record.status,
             timezone=record.timezone,
+            low_balance_threshold=None if threshold is None else micros_to_json(threshold),
+            pricing=_pricing_out(record.pricing),
             created_at=record.created_at,
         )
+
+
+def _pricing_out(stored: str | None) -> dict[str, Any] | None:
+    """Stored account pricing as JSON: multipliers stay exact strings, prices are USD numbers
+    like every amount of this API."""
+    if not stored:
+        return None
+    pricing: dict[str, Any] = json.loads(stored)
+    for entry in pricing.get("models", {}).values():
+        if "per_image" in entry:
+            entry["per_image"] = micros_to_json(parse_usd(entry["per_image"]))
+    return pricing
 
 
 class LedgerEntryOut(BaseModel):

@@ -11,6 +11,8 @@ plain aligned table for people (only the header when empty).
     app/cli/accounts.py   accounts create|list|show|update|suspend|activate|credit, ledger
     app/cli/keys.py       keys create|list|revoke|rotate|delete
     app/cli/reports.py    usage, requests
+    app/cli/webhooks.py   webhooks create|list|show|enable|disable|rotate-secret|delete|test,
+                          webhooks deliveries
 
 Notes for operators:
 - Defaults (`data/`, `config/models.yaml`) are found under GATEWAY_HOME: the source checkout
@@ -26,10 +28,10 @@ Notes for operators:
 
 from __future__ import annotations
 
-from app.cli import accounts, keys, reports, server
+from app.cli import accounts, keys, reports, server, webhooks
 from app.cli.common import cli
 
-__all__ = ["accounts", "cli", "keys", "main", "reports", "server"]
+__all__ = ["accounts", "cli", "keys", "main", "reports", "server", "webhooks"]
 
 
 def main() -> None:

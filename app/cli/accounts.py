@@ -2,27 +2,32 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from app.admin.schemas import AccountOut, CreditOut, LedgerEntryOut, Page
+from app.catalog.account_pricing import parse_pricing
 from app.cli.common import (
     Cursor,
     Json,
     Limit,
     accounts_cli,
     cli,
+    fail,
     parse_amount,
     print_json,
     print_more,
     print_table,
     run,
+    settings_or_exit,
     usd,
     when,
 )
 from app.ledger.records import AccountRecord
+from app.preflight import SetupError, check_catalog
 
 
 def _show_accounts(records: Sequence[AccountRecord]) -> None:
@@ -74,11 +79,47 @@ def accounts_update(
     account_id: str,
     name: Annotated[str | None, typer.Option(help="New name.")] = None,
     status: Annotated[str | None, typer.Option(help="active or suspended.")] = None,
+    low_balance_threshold: Annotated[
+        str | None,
+        typer.Option(help="USD: the balance.below_threshold webhook fires below it; 'off'."),
+    ] = None,
+    pricing: Annotated[
+        str | None,
+        typer.Option(help='Account prices as JSON, e.g. {"multiplier": "1.2"}; \'off\'.'),
+    ] = None,
     as_json: Json = False,
 ) -> None:
-    """Rename, suspend or reactivate an account."""
-    account = run(lambda s: s.ledger.update_account(account_id, name=name, status=status))
+    """Rename, suspend or reactivate an account; set its low-balance alert and prices."""
+    edits: dict[str, Any] = {}
+    if low_balance_threshold is not None:
+        edits["low_balance_threshold_micros"] = (
+            None
+            if low_balance_threshold == "off"
+            else parse_amount(low_balance_threshold, "--low-balance-threshold")
+        )
+    if pricing is not None:
+        edits["pricing"] = None if pricing == "off" else _checked_pricing(pricing)
+    account = run(lambda s: s.ledger.update_account(account_id, name=name, status=status, **edits))
     _print_account(account, as_json)
+
+
+def _checked_pricing(text: str) -> str:
+    """The `--pricing` JSON validated like the admin API's, model ids against the catalog."""
+    try:
+        pricing = parse_pricing(json.loads(text))
+    except json.JSONDecodeError as exc:
+        fail(f"--pricing: not JSON: {exc}")
+    except ValueError as exc:
+        fail(f"--pricing: {exc}")
+    try:
+        catalog = check_catalog(settings_or_exit())
+    except SetupError as exc:
+        fail(f"--pricing: cannot check the model ids: {exc}")
+    try:
+        pricing.check_models(catalog.models)
+    except ValueError as exc:
+        fail(f"--pricing: {exc}")
+    return pricing.to_json()
 
 
 @accounts_cli.command("suspend")

@@ -27,6 +27,9 @@ from app.ledger.service import Ledger
 from app.money import MoneyError, micros_to_decimal, parse_usd
 from app.preflight import SetupError, check_database, load_settings, muted
 from app.settings import Settings
+from app.webhooks.destinations import DestinationPolicy
+from app.webhooks.dispatcher import DeliveryPolicy, Dispatcher, make_client
+from app.webhooks.service import WebhookService
 
 T = TypeVar("T")
 
@@ -43,9 +46,11 @@ cli = typer.Typer(
 accounts_cli = typer.Typer(help="Prepaid accounts.", no_args_is_help=True)
 keys_cli = typer.Typer(help="API keys.", no_args_is_help=True)
 config_cli = typer.Typer(help="The model catalog.", no_args_is_help=True)
+webhooks_cli = typer.Typer(help="Webhook endpoints and deliveries.", no_args_is_help=True)
 cli.add_typer(accounts_cli, name="accounts")
 cli.add_typer(keys_cli, name="keys")
 cli.add_typer(config_cli, name="config")
+cli.add_typer(webhooks_cli, name="webhooks")
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON (the admin API's shapes).")]
 Limit = Annotated[int, typer.Option(min=1, max=500, help="Page size.")]
@@ -57,6 +62,8 @@ class Services:
     ledger: Ledger
     keys: KeyService
     reports: Reports
+    settings: Settings
+    webhooks: WebhookService
 
 
 def settings_or_exit() -> Settings:
@@ -73,9 +80,26 @@ def run(work: Callable[[Services], Awaitable[T]]) -> T:
     async def go() -> T:
         await check_database(settings)
         engine = engine_for(settings)
+        destinations = DestinationPolicy(
+            allow_http=settings.webhook_allow_http, allow_private=settings.webhook_allow_private
+        )
+        client = make_client(
+            timeout_s=settings.webhook_timeout_s, ca_bundle=settings.webhook_ca_bundle
+        )
+        dispatcher = Dispatcher(
+            engine, client, destinations=destinations, policy=DeliveryPolicy.from_settings(settings)
+        )
+        services = Services(
+            Ledger(engine),
+            KeyService(engine),
+            Reports(engine),
+            settings,
+            WebhookService(engine, dispatcher, destinations),
+        )
         try:
-            return await work(Services(Ledger(engine), KeyService(engine), Reports(engine)))
+            return await work(services)
         finally:
+            await client.aclose()
             await engine.dispose()
 
     try:

@@ -15,6 +15,12 @@ Money columns are BIGINT micro-dollars (`*_micros`); see `app.money`.
 - `key_spend`: what a budgeted key has spent per budget window (`day:2026-12-02`,
   `month:2026-12`, `total`); moved by the hold and the refund in the same unit of work as the
   balance (`app.ledger.budgets`), so a counter is exact the way the balance is.
+- `webhook_endpoints`: operators' HTTPS receivers, the event types each wants, its signing
+  secret (`whsec_...`, needed in clear to sign; shown once by the API).
+- `webhook_events`: the durable outbox. Money statements insert a row in the same unit of work
+  as the movement that caused it; `dedupe_key` (unique) makes "once per ..." events exact.
+- `webhook_deliveries`: one row per (event, endpoint), claimed with a lease by whichever
+  process sends the next attempt (`app.webhooks.repository`).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from datetime import datetime
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     ForeignKey,
@@ -56,6 +63,10 @@ class Account(Base):
     status: Mapped[str] = mapped_column(String(20), default="active")
     #: IANA zone of the account's calendar (day/month budget windows)
     timezone: Mapped[str] = mapped_column(String(64), default="UTC", server_default="UTC")
+    #: `balance.below_threshold` fires when a debit takes the balance below this (None: off)
+    low_balance_threshold_micros: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    #: the account's price list over the catalog's (`app.catalog.account_pricing`), JSON text
+    pricing: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
@@ -172,3 +183,58 @@ class IdempotencyRecord(Base):
     last_replayed_at: Mapped[datetime | None] = mapped_column(
         DateTime(timezone=True), nullable=True
     )
+
+
+class WebhookEndpoint(Base):
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    #: the event types this endpoint receives
+    event_types: Mapped[list[str]] = mapped_column(JSON)
+    #: None: events of every account; else only this account's (provider events always)
+    account_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    secret: Mapped[str] = mapped_column(String(100))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class WebhookEvent(Base):
+    __tablename__ = "webhook_events"
+    __table_args__ = (Index("ix_webhook_events_fanned_out_created", "fanned_out", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # msg_..., the webhook-id
+    event_type: Mapped[str] = mapped_column(String(60))
+    account_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    #: JSON object: the event's `data` (amounts in micro-dollars; rendered as USD when sent)
+    data: Mapped[str] = mapped_column(Text)
+    dedupe_key: Mapped[str | None] = mapped_column(String(300), nullable=True, unique=True)
+    #: deliveries were created for the endpoints subscribed at that time
+    fanned_out: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class WebhookDelivery(Base):
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("event_id", "endpoint_id", name="uq_webhook_delivery_event_endpoint"),
+        Index("ix_webhook_deliveries_state_next", "state", "next_attempt_at"),
+        Index("ix_webhook_deliveries_endpoint_id", "endpoint_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(40))
+    endpoint_id: Mapped[str] = mapped_column(String(40))
+    state: Mapped[str] = mapped_column(String(20))  # pending | succeeded | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: who is sending the current attempt, and until when (a dead sender's lease runs out)
+    lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -5,24 +5,62 @@
     half-open ──probe succeeds──▶ closed          half-open ──probe fails──▶ open again
 
 Only retryable upstream failures count (5xx, 429, timeouts, transport errors): a content
-refusal says nothing about the provider's health. The state here is in-process; every
-transition is reported to `on_transition` (webhooks, logs, metrics hook there).
+refusal says nothing about the provider's health. `Breaker` is the contract the `Router`
+uses; `CircuitBreaker` keeps the state in this process, `RedisCircuitBreaker`
+(`app.images.shared_breaker`) shares it between replicas, so they agree on a cool-down and
+let one probe through between them. `make_breaker` picks one from the settings.
 
-Time comes from the injected `clock` (monotonic seconds), so tests never sleep.
+Each transition to cooled-down or recovered is reported once to `on_transition(provider,
+event, since)`, where `since` names the cool-down (the same for every replica that sees it),
+so the `provider.cooled_down` / `provider.recovered` webhooks are written once (their dedupe
+key carries it). A failing hook is logged, never raised into the request.
+
+Time comes from the injected `clock` (seconds), so tests never sleep.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 logger = logging.getLogger(__name__)
 
 State = Literal["closed", "open", "half_open"]
-Transition = Callable[[str, Literal["cooled_down", "recovered"]], None]
+Event = Literal["cooled_down", "recovered"]
+Transition = Callable[[str, Event, str], Awaitable[None]]
+
+
+class Breaker(Protocol):
+    async def state(self, provider: str) -> State: ...
+
+    async def try_acquire(self, provider: str) -> bool:
+        """May a call go to `provider` now? In half-open, only the first caller (the probe)."""
+        ...
+
+    async def record_success(self, provider: str) -> None: ...
+
+    async def record_failure(self, provider: str) -> None: ...
+
+    async def release_probe(self, provider: str) -> None:
+        """A probe that ended without a verdict (cancelled, non-retryable refusal)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+async def notify(hook: Transition | None, provider: str, event: Event, since: str) -> None:
+    if event == "recovered":
+        logger.warning("provider %s recovered: its probe succeeded", provider)
+    if hook is None:
+        return
+    try:
+        await hook(provider, event, since)
+    except Exception:  # a notification must never fail a request
+        logger.exception("breaker transition hook failed")
 
 
 @dataclass(slots=True)
@@ -30,9 +68,12 @@ class _Health:
     failures: int = 0
     opened_until: float | None = None
     probing: bool = False
+    since: str = ""
 
 
 class CircuitBreaker:
+    """The in-process breaker: each replica judges its providers on its own."""
+
     def __init__(
         self,
         *,
@@ -47,15 +88,14 @@ class CircuitBreaker:
         self._on_transition = on_transition
         self._health: dict[str, _Health] = {}
 
-    def state(self, provider: str) -> State:
+    async def state(self, provider: str) -> State:
         health = self._health.get(provider)
         if health is None or health.opened_until is None:
             return "closed"
         return "open" if self._clock() < health.opened_until else "half_open"
 
-    def try_acquire(self, provider: str) -> bool:
-        """May a call go to `provider` now? In half-open, only the first caller (the probe)."""
-        state = self.state(provider)
+    async def try_acquire(self, provider: str) -> bool:
+        state = await self.state(provider)
         if state == "closed":
             return True
         if state == "open":
@@ -66,17 +106,12 @@ class CircuitBreaker:
         health.probing = True
         return True
 
-    def record_success(self, provider: str) -> None:
-        health = self._health.get(provider)
-        if health is None:
-            return
-        was_open = health.opened_until is not None
-        self._health.pop(provider)
-        if was_open:
-            logger.warning("provider %s recovered: its probe succeeded", provider)
-            self._notify(provider, "recovered")
+    async def record_success(self, provider: str) -> None:
+        health = self._health.pop(provider, None)
+        if health is not None and health.opened_until is not None:
+            await notify(self._on_transition, provider, "recovered", health.since)
 
-    def record_failure(self, provider: str) -> None:
+    async def record_failure(self, provider: str) -> None:
         health = self._health.setdefault(provider, _Health())
         health.failures += 1
         reopen = health.probing or (
@@ -93,17 +128,36 @@ class CircuitBreaker:
                 health.failures,
             )
             if first:
-                self._notify(provider, "cooled_down")
+                # this process's own cool-down: unique, since no other replica shares it
+                health.since = f"{time.time_ns()}-{secrets.token_hex(4)}"
+                await notify(self._on_transition, provider, "cooled_down", health.since)
 
-    def release_probe(self, provider: str) -> None:
-        """A probe that ended without a verdict (cancelled, non-retryable refusal)."""
+    async def release_probe(self, provider: str) -> None:
         health = self._health.get(provider)
         if health is not None:
             health.probing = False
 
-    def _notify(self, provider: str, event: Literal["cooled_down", "recovered"]) -> None:
-        if self._on_transition is not None:
-            try:
-                self._on_transition(provider, event)
-            except Exception:  # a notification must never fail a request
-                logger.exception("breaker transition hook failed")
+    async def aclose(self) -> None:
+        return None
+
+
+def make_breaker(
+    redis_url: str | None,
+    *,
+    failure_threshold: int,
+    cooldown_s: float,
+    on_transition: Transition | None = None,
+) -> Breaker:
+    """Shared through Redis when `redis_url` is set, else in this process."""
+    if redis_url:
+        from app.images.shared_breaker import RedisCircuitBreaker
+
+        return RedisCircuitBreaker.from_url(
+            redis_url,
+            failure_threshold=failure_threshold,
+            cooldown_s=cooldown_s,
+            on_transition=on_transition,
+        )
+    return CircuitBreaker(
+        failure_threshold=failure_threshold, cooldown_s=cooldown_s, on_transition=on_transition
+    )

@@ -32,7 +32,7 @@ from app.adapters.base import AdapterResult, ImageAdapter, ImageRequest, Partial
 from app.adapters.upstream_http import hide_addresses, host_of
 from app.catalog.schema import ModelConfig, ProviderConfig, RouteConfig
 from app.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from app.images.breaker import CircuitBreaker
+from app.images.breaker import Breaker, CircuitBreaker
 
 logger = logging.getLogger(__name__)
 
@@ -79,14 +79,14 @@ class Router:
     def __init__(
         self,
         *,
-        breaker: CircuitBreaker | None = None,
+        breaker: Breaker | None = None,
         rng: random.Random | None = None,
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         backoff_s: float = 0.25,
         max_backoff_s: float = 4.0,
     ) -> None:
-        self.breaker = breaker or CircuitBreaker()
+        self.breaker: Breaker = breaker or CircuitBreaker()
         self._rng = rng or random.Random()
         self._sleep = sleep
         self._clock = clock
@@ -110,23 +110,23 @@ class Router:
         deadline = self._clock() + deadline_s
         last_error: UpstreamError | None = None
         for route in routes:
-            if not self.breaker.try_acquire(route.provider):
+            if not await self.breaker.try_acquire(route.provider):
                 trace.attempts.append((route.provider, "SKIPPED_COOLDOWN"))
                 continue
             for attempt in range(route.retries + 1):
                 if attempt:
-                    if not self.breaker.try_acquire(route.provider):
+                    if not await self.breaker.try_acquire(route.provider):
                         break
                     pause = self._rng.uniform(
                         0, min(self._max_backoff_s, self._backoff_s * 2 ** (attempt - 1))
                     )
                     if self._clock() + pause >= deadline:
-                        self.breaker.release_probe(route.provider)
+                        await self.breaker.release_probe(route.provider)
                         break
                     await self._sleep(pause)
                 left = deadline - self._clock()
                 if left <= 0:
-                    self.breaker.release_probe(route.provider)
+                    await self.breaker.release_probe(route.provider)
                     break
                 try:
                     result = await self._attempt(
@@ -135,15 +135,15 @@ class Router:
                 except UpstreamError as exc:
                     trace.attempts.append((route.provider, exc.code))
                     if not exc.retryable:
-                        self.breaker.release_probe(route.provider)
+                        await self.breaker.release_probe(route.provider)
                         raise
-                    self.breaker.record_failure(route.provider)
+                    await self.breaker.record_failure(route.provider)
                     last_error = exc
                     continue
                 except BaseException:
-                    self.breaker.release_probe(route.provider)
+                    await self.breaker.release_probe(route.provider)
                     raise
-                self.breaker.record_success(route.provider)
+                await self.breaker.record_success(route.provider)
                 trace.attempts.append((route.provider, "ok"))
                 return result
         logger.warning("model %s: no route answered (%s)", model_id, trace)

@@ -47,6 +47,7 @@ from typing import Any, Final, TypeVar
 import orjson
 
 from app.adapters.base import ImageRequest, PartialSink
+from app.catalog.account_pricing import account_price
 from app.catalog.live import LiveCatalog
 from app.catalog.loader import Catalog
 from app.catalog.parameters import CompiledModel
@@ -224,7 +225,7 @@ class ImageService:
                 body.fields, coerce_strings=body.from_form, images=body.images, mask=body.mask
             )
             user = validated.user
-            price = model.price.quote(validated.request)
+            price = account_price(ctx.key.pricing, model).quote(validated.request)
         except GatewayError as error:
             await log_unbilled(
                 self._admissions.ledger,
@@ -345,7 +346,9 @@ class ImageService:
             work=self._image_work,
         )
         images = images[: upstream.n]
-        cost = model.price.actual(upstream, [(i.width, i.height) for i in images], result.usage)
+        cost = account_price(ctx.key.pricing, model).actual(
+            upstream, [(i.width, i.height) for i in images], result.usage
+        )
         if cost > request.price:
             logger.error(
                 "request %s: model %s cost %d micro-dollars by the provider's usage, above its "

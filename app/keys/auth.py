@@ -43,6 +43,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.catalog.account_pricing import AccountPricing
 from app.errors import AuthenticationError, PermissionDenied
 from app.keys.repository import KeyRepository, KeyWithAccount
 from app.keys.secrets import display_prefix, hash_secret, looks_like_key
@@ -67,6 +68,8 @@ class AuthenticatedKey:
     max_concurrency: int | None
     expires_at: datetime | None
     key_hash: str
+    #: the account's price list (`app.catalog.account_pricing.account_price`); None: catalog
+    pricing: AccountPricing | None = None
 
     def allows(self, model_id: str) -> bool:
         return self.models is None or model_id in self.models
@@ -155,6 +158,7 @@ class KeyAuthenticator:
             ),
             expires_at=key.expires_at,
             key_hash=key.key_hash,
+            pricing=found.account_pricing,
         )
 
     def invalidate(self, key_hash: str) -> None:

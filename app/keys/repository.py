@@ -9,6 +9,7 @@ keeps answering 403 `KEY_REVOKED` instead of 401); deleting is for keys that sho
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -16,7 +17,10 @@ from typing import Any, cast
 from sqlalchemy import Table, and_, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.catalog.account_pricing import AccountPricing
 from app.db.models import Account, ApiKey
+
+logger = logging.getLogger(__name__)
 
 _keys = cast(Table, ApiKey.__table__)
 _accounts = cast(Table, Account.__table__)
@@ -70,6 +74,16 @@ class KeyWithAccount:
 
     key: KeyRecord
     account_status: str
+    #: the account's price list (`app.catalog.account_pricing`); None: catalog prices
+    account_pricing: AccountPricing | None = None
+
+
+def _pricing(text: str | None) -> AccountPricing | None:
+    try:
+        return AccountPricing.from_json(text)
+    except ValueError:  # written through validation, so only a hand-edited row gets here
+        logger.error("account pricing %r is unreadable; catalog prices apply", text)
+        return None
 
 
 class KeyRepository:
@@ -82,14 +96,20 @@ class KeyRepository:
 
     async def get_by_hash(self, key_hash: str) -> KeyWithAccount | None:
         query = (
-            select(_keys, _accounts.c.status.label("account_status"))
+            select(
+                _keys,
+                _accounts.c.status.label("account_status"),
+                _accounts.c.pricing.label("account_pricing"),
+            )
             .join(_accounts, _accounts.c.id == _keys.c.account_id)
             .where(_keys.c.key_hash == key_hash)
         )
         row = (await self._conn.execute(query)).first()
         if row is None:
             return None
-        return KeyWithAccount(KeyRecord.from_row(row), row.account_status)
+        return KeyWithAccount(
+            KeyRecord.from_row(row), row.account_status, _pricing(row.account_pricing)
+        )
 
     async def get(self, key_id: str) -> KeyRecord | None:
         row = (await self._conn.execute(select(_keys).where(_keys.c.id == key_id))).first()

@@ -112,11 +112,25 @@ def check_budgets(raw: Iterable[Budget]) -> list[Budget]:
     return sorted(budgets, key=lambda budget: PERIODS.index(budget.period))
 
 
-def budget_exceeded(period: Period, amount_micros: int) -> BudgetExceeded:
+class BudgetRefused(BudgetExceeded):
+    """A budget refused a hold: the client's 402, plus which window did it (for the
+    `budget.reached` webhook event)."""
+
+    def __init__(self, message: str, *, period: Period, window: str, amount_micros: int) -> None:
+        super().__init__(message)
+        self.period = period
+        self.window = window
+        self.amount_micros = amount_micros
+
+
+def budget_exceeded(period: Period, amount_micros: int, window: str = "") -> BudgetRefused:
     label = {"day": "daily", "month": "monthly", "total": "total"}[period]
     amount = f"{micros_to_decimal(amount_micros):f}"
-    return BudgetExceeded(
-        f"This request would take the API key over its {label} budget of ${amount}."
+    return BudgetRefused(
+        f"This request would take the API key over its {label} budget of ${amount}.",
+        period=period,
+        window=window,
+        amount_micros=amount_micros,
     )
 
 
@@ -144,10 +158,11 @@ class BudgetRepository:
 
     async def add_if_within(
         self, *, key_id: str, amount_micros: int, windows: list[tuple[str, int]]
-    ) -> set[str]:
+    ) -> dict[str, int]:
         """Add `amount_micros` to every (window, limit) that stays within its limit.
 
-        Returns the windows that took it; the caller rolls back unless that is all of them.
+        Returns the windows that took it, each with its spend after; the caller rolls back
+        unless that is all of them.
         """
         rows = [
             {
@@ -160,7 +175,7 @@ class BudgetRepository:
             if amount_micros <= limit
         ]
         if not rows:
-            return set()
+            return {}
         statement = self._insert(KeySpend).values(rows)
         excluded = statement.excluded
         upsert = statement.on_conflict_do_update(
@@ -170,8 +185,8 @@ class BudgetRepository:
                 "limit_micros": excluded.limit_micros,
             },
             where=KeySpend.spent_micros + excluded.spent_micros <= excluded.limit_micros,
-        ).returning(KeySpend.window)
-        return set((await self._conn.execute(upsert)).scalars())
+        ).returning(KeySpend.window, KeySpend.spent_micros)
+        return {row.window: int(row.spent_micros) for row in await self._conn.execute(upsert)}
 
     async def usage(self, *, key_id: str, clock: Clock) -> list[BudgetUsage]:
         """Each budget of the key with the spend of its current window."""

@@ -23,6 +23,9 @@ Why they are atomic and race-free under READ COMMITTED:
   (`app.ledger.budgets`), so these statements do not deadlock with each other. In FINISH the
   accounts UPDATE reads `(SELECT count(*) FROM spend_back)`: that initplan runs before the
   accounts row is updated, which makes the key_spend refund happen first.
+- A debit that takes the balance below the account's `low_balance_threshold_micros` writes
+  its `balance.below_threshold` webhook event in the same statement (`ALERT`), so the event
+  exists exactly when the debit committed.
 - A key with budgets must take the budgeted path: the fast HOLD refuses it (`NOT EXISTS
   key_budgets`, an index probe) unless `:budgeted`, so a budget added a moment ago is never
   skipped by a process whose caches think the key has none.
@@ -40,7 +43,30 @@ LEDGER_COLUMNS = (
     "note, created_at"
 )
 
-HOLD_SQL = """\
+#: `balance.below_threshold` into the webhook outbox, in the same statement as the debit
+#: (`{moved}`: the CTE that moved the balance; `{before}`: the balance before it, as SQL).
+#: Only a debit that crosses the threshold downwards writes a row, so the row lock makes it
+#: exactly one event per crossing; the dedupe key (threshold and the id of the account's
+#: latest credit) keeps it to one until the next credit re-arms it. The crossing row is rare,
+#: and only then is the correlated subquery over the account's credits evaluated.
+ALERT = """\
+INSERT INTO webhook_events (id, event_type, account_id, data, dedupe_key, fanned_out, created_at)
+    SELECT 'msg_' || substr(md5(random()::text || clock_timestamp()::text), 1, 24),
+           'balance.below_threshold', d.id,
+           json_build_object('account_id', d.id, 'balance_micros', d.balance_micros,
+                             'threshold_micros', d.low_balance_threshold_micros)::text,
+           'balance.below_threshold:' || d.id || ':' || d.low_balance_threshold_micros || ':'
+               || (SELECT coalesce(max(e.id), 0) FROM ledger_entries AS e
+                   WHERE e.account_id = d.id AND e.kind IN ('topup', 'adjustment')
+                     AND e.amount_micros > 0),
+           false, now()
+    FROM {moved} AS d
+    WHERE d.low_balance_threshold_micros IS NOT NULL
+      AND d.balance_micros < d.low_balance_threshold_micros
+      AND {before} >= d.low_balance_threshold_micros
+    ON CONFLICT (dedupe_key) DO NOTHING"""
+
+HOLD_SQL = f"""\
 WITH usable_key AS (
     SELECT 1 FROM api_keys
     WHERE id = :key_id AND account_id = :account_id AND revoked_at IS NULL
@@ -54,7 +80,10 @@ debited AS (
     WHERE id = :account_id AND status = 'active'
       AND balance_micros >= CAST(:amount AS BIGINT)
       AND EXISTS (SELECT 1 FROM usable_key)
-    RETURNING balance_micros
+    RETURNING id, balance_micros, low_balance_threshold_micros
+),
+alerted AS (
+    {ALERT.format(moved="debited", before="d.balance_micros + CAST(:amount AS BIGINT)")}
 ),
 charged AS (
     INSERT INTO ledger_entries
@@ -117,7 +146,10 @@ WITH moved AS (
     UPDATE accounts SET balance_micros = balance_micros + CAST(:amount AS BIGINT)
     WHERE id = :account_id AND balance_micros + CAST(:amount AS BIGINT) >= 0
       AND balance_micros <= CAST(:max_balance AS BIGINT) - CAST(:amount AS BIGINT)
-    RETURNING balance_micros
+    RETURNING id, balance_micros, low_balance_threshold_micros
+),
+alerted AS (
+    {ALERT.format(moved="moved", before="d.balance_micros - CAST(:amount AS BIGINT)")}
 )
 INSERT INTO ledger_entries
     (account_id, key_id, request_id, kind, amount_micros, balance_after_micros, model, note)

@@ -35,15 +35,21 @@ class AccountRecord:
     created_at: datetime
     updated_at: datetime
     timezone: str = "UTC"
+    low_balance_threshold_micros: int | None = None
+    #: the account's price list as stored (JSON text, `app.catalog.account_pricing`)
+    pricing: str | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> AccountRecord:
+        threshold = getattr(row, "low_balance_threshold_micros", None)
         return cls(
             id=row.id,
             name=row.name,
             balance_micros=int(row.balance_micros),
             status=row.status,
             timezone=getattr(row, "timezone", None) or "UTC",
+            low_balance_threshold_micros=None if threshold is None else int(threshold),
+            pricing=getattr(row, "pricing", None),
             created_at=as_utc(row.created_at),
             updated_at=as_utc(row.updated_at),
         )

@@ -31,6 +31,7 @@ from app.db.models import Account, ApiKey, KeyBudget, KeySpend, LedgerEntry, Req
 from app.ledger import postgres_sql
 from app.ledger.records import AccountRecord, LedgerRow, utc_now
 from app.money import MAX_AMOUNT_MICROS
+from app.webhooks.outbox import OutboxRepository
 
 _LEDGER_COLUMNS = (
     LedgerEntry.id,
@@ -50,6 +51,8 @@ _ACCOUNT_COLUMNS = (
     Account.balance_micros,
     Account.status,
     Account.timezone,
+    Account.low_balance_threshold_micros,
+    Account.pricing,
     Account.created_at,
     Account.updated_at,
 )
@@ -203,6 +206,13 @@ class LedgerRepository:
         )
         if balance is None:
             return None
+        if amount_micros < 0:
+            await OutboxRepository(self._conn).alert_if_crossed_below(
+                account_id=account_id,
+                balance_after_micros=balance,
+                debited_micros=-amount_micros,
+                now=utc_now(),
+            )
         return await self.append_entry(
             account_id=account_id,
             kind=kind,
@@ -252,6 +262,12 @@ class LedgerRepository:
         if balance is None:
             return None
         if hold.amount_micros > 0:
+            await OutboxRepository(self._conn).alert_if_crossed_below(
+                account_id=hold.account_id,
+                balance_after_micros=balance,
+                debited_micros=hold.amount_micros,
+                now=now,
+            )
             await self.append_entry(
                 account_id=hold.account_id,
                 kind="charge",

@@ -67,6 +67,7 @@ from app.errors import (
 )
 from app.keys.cursor import decode_id_cursor
 from app.ledger.budgets import (
+    BudgetRefused,
     BudgetRepository,
     Clock,
     budget_exceeded,
@@ -78,6 +79,8 @@ from app.ledger.refusals import account_not_found, hold_refusal, key_refusal, us
 from app.ledger.repository import FinishedRequest, HoldRequest, LedgerRepository
 from app.money import MAX_AMOUNT_MICROS, MoneyError, check_amount, max_usd_text
 from app.pools import Occupancy
+from app.webhooks.events import EventDraft, budget_reached
+from app.webhooks.outbox import OutboxRepository
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -86,12 +89,20 @@ ACCOUNT_STATUSES = ("active", "suspended")
 MAX_PAGE = 500
 _SWEEP_BATCH = 200
 _HOLD_ATTEMPTS = 3
+_ANNOUNCED_MEMORY = 10_000
 _STATE_AFTER_LOST_RACE: dict[str | None, SettleState] = {
     "settled": "already_settled",
     "swept": "swept",
     "unbilled": "unbilled",
     None: "not_found",
 }
+
+
+class Unset:
+    """The default of optional edits that may also be set to None (cleared)."""
+
+
+UNSET = Unset()
 
 
 def new_account_id() -> str:
@@ -132,6 +143,8 @@ class Ledger:
         self.occupancy = Occupancy("database", _pool_size(engine))
         self._postgres = engine.dialect.name == "postgresql"
         self._in_flight: set[asyncio.Future[Any]] = set()
+        #: (key, window) whose budget.reached is in the outbox (this process knows)
+        self._announced: set[tuple[str, str]] = set()
         # AUTOCOMMIT: no BEGIN/COMMIT round trips; every money statement commits on its own
         self._autocommit = (
             engine.execution_options(isolation_level="AUTOCOMMIT") if self._postgres else engine
@@ -209,8 +222,21 @@ class Ledger:
         name: str | None = None,
         status: str | None = None,
         timezone: str | None = None,
+        low_balance_threshold_micros: int | Unset | None = UNSET,
+        pricing: str | Unset | None = UNSET,
     ) -> AccountRecord:
-        values: dict[str, str] = {}
+        """Admin edits. `low_balance_threshold_micros` / `pricing` (validated JSON text):
+        None clears them, UNSET leaves them as they are."""
+        values: dict[str, str | int | None] = {}
+        if not isinstance(low_balance_threshold_micros, Unset):
+            if low_balance_threshold_micros is not None and low_balance_threshold_micros <= 0:
+                raise InvalidParameter(
+                    "low_balance_threshold must be positive (null turns it off)",
+                    param="low_balance_threshold",
+                )
+            values["low_balance_threshold_micros"] = low_balance_threshold_micros
+        if not isinstance(pricing, Unset):
+            values["pricing"] = pricing
         if name is not None:
             values["name"] = storable_text(name, "name")
         if timezone is not None:
@@ -293,7 +319,7 @@ class Ledger:
         """
         if amount_micros < 0:
             raise ValueError(f"hold amount must be >= 0, got {amount_micros}")
-        hold = HoldRequest(
+        request = HoldRequest(
             request_id=request_id,
             account_id=account_id,
             key_id=key_id,
@@ -305,6 +331,14 @@ class Ledger:
             key_hash=key_hash,
         )
         try:
+            return await self._hold(request)
+        except BudgetRefused as refusal:
+            await self._announce_refusal(request, refusal)
+            raise
+
+    async def _hold(self, hold: HoldRequest) -> int:
+        request_id = hold.request_id
+        try:
             async with self._atomic() as repo:
                 balance = await repo.debit_if_covered(hold)
                 if balance is not None:
@@ -312,7 +346,7 @@ class Ledger:
                 if not self._postgres:
                     # the failed UPDATE already took SQLite's write lock, so this read sees
                     # exactly the state the UPDATE judged
-                    facts = await repo.hold_facts(account_id=account_id, key_id=key_id)
+                    facts = await repo.hold_facts(account_id=hold.account_id, key_id=hold.key_id)
                     refusal = hold_refusal(facts, hold)
                     if refusal is None and facts.has_budgets:
                         return await self._debit_budgeted(repo, hold)
@@ -335,6 +369,38 @@ class Ledger:
         refusal = key_refusal(facts, account_id=account_id, key_hash=key_hash)
         if refusal is not None:
             raise refusal
+
+    def _budget_event(
+        self, hold: HoldRequest, period: str, window: str, amount_micros: int, reason: str
+    ) -> EventDraft:
+        return budget_reached(
+            account_id=hold.account_id,
+            key_id=hold.key_id,
+            period=period,
+            window=window,
+            amount_micros=amount_micros,
+            reason=reason,
+        )
+
+    async def _announce_refusal(self, hold: HoldRequest, refusal: BudgetRefused) -> None:
+        """`budget.reached` for a refused hold: its own small transaction, since the refusal
+        rolled everything else back (once per key and window, by the event's dedupe key)."""
+        seen = (hold.key_id, refusal.window)
+        if seen in self._announced:  # a key over budget keeps retrying: one insert is enough
+            return
+        if len(self._announced) >= _ANNOUNCED_MEMORY:
+            self._announced.clear()
+        # claimed before the insert, so a burst of refusals makes one insert, not one each
+        self._announced.add(seen)
+        draft = self._budget_event(
+            hold, refusal.period, refusal.window, refusal.amount_micros, "refused"
+        )
+        try:
+            async with self._transaction() as repo:
+                await OutboxRepository(repo.connection).insert_event(draft, now=self._clock())
+        except Exception:  # the client's 402 matters more than the notification
+            self._announced.discard(seen)  # the next refusal tries again
+            logger.warning("ledger: could not record budget.reached for %s", hold, exc_info=True)
 
     async def _explain_refused_hold(self, hold: HoldRequest) -> int:
         """Postgres, off the happy path: re-judge a refused hold under the account row lock.
@@ -398,7 +464,14 @@ class Ledger:
             )
             for budget, (window, _) in zip(budgets, windows, strict=True):
                 if window not in took:
-                    raise budget_exceeded(budget.period, budget.amount_micros)
+                    raise budget_exceeded(budget.period, budget.amount_micros, window)
+            webhooks = OutboxRepository(repo.connection)
+            for budget, (window, limit) in zip(budgets, windows, strict=True):
+                if took[window] >= limit:  # used up exactly: announce it with this hold
+                    await webhooks.insert_event(
+                        self._budget_event(hold, budget.period, window, limit, "exhausted"),
+                        now=now,
+                    )
         counted = ",".join(window for window, _ in windows) if hold.amount_micros > 0 else ""
         balance = await repo.debit_if_covered(
             dataclasses.replace(hold, budgeted=True, budget_windows=counted or None)

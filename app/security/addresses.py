@@ -28,19 +28,21 @@ def is_public(address: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
+async def resolve(host: str, port: int) -> list[str]:
+    """Every address `host` stands for (a literal IP as itself); `OSError` if unresolvable."""
+    try:
+        return [str(ipaddress.ip_address(host.strip("[]")))]
+    except ValueError:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        return [str(info[4][0]) for info in infos]
+
+
 async def check_public_host(host: str, port: int) -> None:
     """Raise `UpstreamError` unless every address `host` resolves to is public."""
     try:
-        literal = ipaddress.ip_address(host.strip("[]"))
-        addresses = [str(literal)]
-    except ValueError:
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                host, port, type=socket.SOCK_STREAM
-            )
-        except OSError as exc:
-            raise UpstreamError(f"cannot resolve the image host {host}") from exc
-        addresses = [str(info[4][0]) for info in infos]
+        addresses = await resolve(host, port)
+    except OSError as exc:
+        raise UpstreamError(f"cannot resolve the image host {host}") from exc
     if not addresses or not all(is_public(address) for address in addresses):
         raise UpstreamError(
             f"refused to download an image from {host}: it resolves to a private, loopback "

@@ -90,8 +90,15 @@ def start_gateways(
         ).start()
         for _ in range(count)
     ]
-    for gateway in gateways:
-        gateway.wait_ready()
+    try:
+        for gateway in gateways:
+            gateway.wait_ready()
+    except BaseException:
+        # a process left running would keep serving (and sending webhooks) from the shared
+        # test database into later tests
+        for gateway in gateways:
+            gateway.stop()
+        raise
     return gateways
 
 

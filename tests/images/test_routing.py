@@ -136,36 +136,37 @@ async def test_retries_back_off_with_jitter_inside_the_deadline() -> None:
 
 async def test_a_failing_provider_is_cooled_down_then_probed_back() -> None:
     clock, events = FakeClock(), []
-    breaker = CircuitBreaker(
-        failure_threshold=3, cooldown_s=30, clock=clock,
-        on_transition=lambda provider, event: events.append((provider, event)),
-    )  # fmt: skip
+
+    async def record(provider: str, event: str, since: str) -> None:
+        events.append((provider, event))
+
+    breaker = CircuitBreaker(failure_threshold=3, cooldown_s=30, clock=clock, on_transition=record)
     router = Router(breaker=breaker, clock=clock)
     sick, healthy = FakeAdapter("a", fail=4), FakeAdapter("b")
     adapters = {"a": sick, "b": healthy}
     config = model()
     for _ in range(3):
         assert (await call(router, config, adapters)).provider == "b"
-    assert breaker.state("a") == "open" and events == [("a", "cooled_down")]
+    assert await breaker.state("a") == "open" and events == [("a", "cooled_down")]
     trace = await call(router, config, adapters)
     assert str(trace) == "a:SKIPPED_COOLDOWN>b:ok" and sick.calls == 3
 
     clock.now += 31  # half-open: one probe goes through, fails, and the provider reopens
     assert str(await call(router, config, adapters)) == "a:UPSTREAM_ERROR>b:ok"
-    assert breaker.state("a") == "open" and sick.calls == 4
+    assert await breaker.state("a") == "open" and sick.calls == 4
     clock.now += 31  # the next probe succeeds: closed again
     assert str(await call(router, config, adapters)) == "a:ok"
-    assert breaker.state("a") == "closed"
+    assert await breaker.state("a") == "closed"
     assert events == [("a", "cooled_down"), ("a", "recovered")]
 
 
-def test_half_open_lets_exactly_one_probe_through() -> None:
+async def test_half_open_lets_exactly_one_probe_through() -> None:
     clock = FakeClock()
     breaker = CircuitBreaker(failure_threshold=1, cooldown_s=5, clock=clock)
-    breaker.record_failure("a")
-    assert not breaker.try_acquire("a")
+    await breaker.record_failure("a")
+    assert not await breaker.try_acquire("a")
     clock.now += 6
-    assert [breaker.try_acquire("a") for _ in range(3)] == [True, False, False]
+    assert [await breaker.try_acquire("a") for _ in range(3)] == [True, False, False]
 
 
 async def test_non_retryable_refusals_end_at_once_and_do_not_sicken_the_provider() -> None:
@@ -174,7 +175,7 @@ async def test_non_retryable_refusals_end_at_once_and_do_not_sicken_the_provider
     adapters = {"a": FakeAdapter("a", fail=1, error=ContentBlocked("no")), "b": FakeAdapter("b")}
     with pytest.raises(ContentBlocked):
         await call(router, model(), adapters)
-    assert breaker.state("a") == "closed" and adapters["b"].calls == 0
+    assert await breaker.state("a") == "closed" and adapters["b"].calls == 0
 
 
 async def test_every_provider_cooling_down_is_a_503() -> None:

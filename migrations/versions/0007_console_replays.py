@@ -1,7 +1,7 @@
 """console: which request an Idempotency-Key record belongs to, and how often it was replayed
 
-Revision ID: 0006_console_replays
-Revises: 0005_request_route
+Revision ID: 0007_console_replays
+Revises: 0006_webhooks
 """
 
 from collections.abc import Sequence
@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0006_console_replays"
-down_revision: str | Sequence[str] | None = "0005_request_route"
+revision: str = "0007_console_replays"
+down_revision: str | Sequence[str] | None = "0006_webhooks"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,0 +1,1 @@
+"""Webhooks: operators' endpoints, the durable outbox, signed deliveries (Standard Webhooks)."""
