@@ -24,6 +24,7 @@ from app.api.openapi import install_openapi
 from app.api.operations import router as operations_router
 from app.api.request_id import RequestIdMiddleware
 from app.api.usage import router as usage_router
+from app.console import mount_console
 from app.gateway import open_gateway
 from app.observability import tracing
 from app.observability.middleware import ObservabilityMiddleware
@@ -85,6 +86,7 @@ def create_app(settings: Settings | None = None, *, own_process: bool = False) -
     app.include_router(admin_router, include_in_schema=bool(settings.admin_token))
     app.include_router(webhooks_router, include_in_schema=bool(settings.admin_token))
     app.include_router(operations_router)
+    mount_console(app, settings)  # on with the admin API; not in the OpenAPI document
     install_openapi(app)
 
     app.add_middleware(ObservabilityMiddleware, access_log=settings.access_log)

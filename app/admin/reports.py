@@ -20,10 +20,10 @@ from typing import Any, Literal, TypeVar, cast
 from sqlalchemy import ColumnElement, Table, and_, case, func, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.db.models import Account, RequestLog
+from app.db.models import Account, IdempotencyRecord, LedgerEntry, RequestLog
 from app.errors import InvalidParameter
 from app.keys.cursor import decode_cursor, encode_cursor
-from app.ledger.records import AccountRecord, as_utc
+from app.ledger.records import AccountRecord, LedgerRow, as_utc
 
 GroupBy = Literal["model", "key", "account", "day"]
 Bucket = Literal["hour", "day"]
@@ -31,6 +31,8 @@ _R = TypeVar("_R")
 
 _accounts = cast(Table, Account.__table__)
 _log = cast(Table, RequestLog.__table__)
+_entries = cast(Table, LedgerEntry.__table__)
+_idempotency = cast(Table, IdempotencyRecord.__table__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +97,19 @@ class TimelineRow:
     errors: int
     images: int
     cost_micros: int
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyUse:
+    """The Idempotency-Key a request ran under, and the repeats answered from it."""
+
+    key: str
+    #: "in_progress" or "done" (a failed request's key is released, so it has no record)
+    state: str
+    status_code: int | None
+    expires_at: datetime
+    replays: int
+    last_replayed_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +186,29 @@ class Reports:
         async with self._engine.connect() as conn:
             row = (await conn.execute(select(_log).where(_log.c.id == request_id))).first()
         return None if row is None else RequestRecord.from_row(row)
+
+    async def ledger_for_request(self, request_id: str) -> list[LedgerRow]:
+        """The ledger rows of one request (its charge, and its refund if any), oldest first."""
+        query = select(_entries).where(_entries.c.request_id == request_id).order_by(_entries.c.id)
+        async with self._engine.connect() as conn:
+            rows = list(await conn.execute(query))
+        return [LedgerRow.from_row(row) for row in rows]
+
+    async def idempotency_for_request(self, request_id: str) -> IdempotencyUse | None:
+        """The live Idempotency-Key record of a request, if it was sent with one."""
+        query = select(_idempotency).where(_idempotency.c.request_id == request_id)
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            return None
+        return IdempotencyUse(
+            key=row.idem_key,
+            state=row.state,
+            status_code=row.status_code,
+            expires_at=as_utc(row.expires_at),
+            replays=int(row.replays),
+            last_replayed_at=None if row.last_replayed_at is None else as_utc(row.last_replayed_at),
+        )
 
     async def timeline(self, filters: RequestFilter, *, bucket: Bucket) -> list[TimelineRow]:
         """Per hour or day (UTC), oldest first: requests, errors, settled images and cost.

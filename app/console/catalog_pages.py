@@ -1,10 +1,9 @@
 """The request log (filters, one request's details) and the model cards.
 
 The log is `Reports.list_requests` / `get_request`, the admin API's `GET /requests`. A
-request's details add its ledger rows (charge, refund) read through the account's ledger, and
-whether it was an idempotent replay: a replay is answered from the stored response and is
-never logged again, so the log row is the original request and its `Idempotency-Key` record
-is what made the replay possible.
+request's details add its ledger rows (charge, refund; `Reports.ledger_for_request`) and its
+Idempotency-Key record, with the number of repeats answered from the stored response (a replay
+runs nothing and costs nothing, so it has no log row of its own).
 
 The model cards show every catalog model, the hidden ones too, with the reason the catalog
 loader recorded (which provider credential is missing).
@@ -14,14 +13,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Literal
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from app.admin.reports import Reports, RequestFilter
 from app.catalog.parameters import CompiledModel
-from app.console.web import GatewayDep, SignedIn, render
-from app.errors import NotFound
+from app.console.web import ConsoleRefusal, GatewayDep, SignedIn, attempt, render
 
 router = APIRouter()
 PAGE = 50
@@ -64,9 +63,10 @@ async def request_log(
         since=_time(since),
         until=_time(until),
     )
-    records, next_cursor = await Reports(gateway.engine).list_requests(
-        filters, limit=PAGE, cursor=cursor
+    page, error = await attempt(
+        lambda: Reports(gateway.engine).list_requests(filters, limit=PAGE, cursor=cursor)
     )
+    records, next_cursor = page or ([], None)
     query = {
         "account_id": account_id,
         "key_id": key_id,
@@ -82,7 +82,10 @@ async def request_log(
         session,
         records=records,
         next_cursor=next_cursor,
+        cursor=cursor,
         query=query,
+        query_string=urlencode({name: value for name, value in query.items() if value}),
+        error=error,
         models=sorted({*gateway.catalog.models, *gateway.catalog.hidden}),
     )
 
@@ -91,15 +94,18 @@ async def request_log(
 async def request_detail(
     request: Request, session: SignedIn, gateway: GatewayDep, request_id: str
 ) -> Response:
-    record = await Reports(gateway.engine).get_request(request_id)
+    reports = Reports(gateway.engine)
+    record = await reports.get_request(request_id)
     if record is None:
-        raise NotFound(f"No request with id {request_id!r}.", code="NOT_FOUND")
-    entries = []
-    if record.account_id is not None:
-        # a request's ledger rows are recent: scan the account's newest rows for them
-        rows, _ = await gateway.ledger.ledger_page(record.account_id, limit=500, cursor=None)
-        entries = [row for row in rows if row.request_id == record.id]
-    return render(request, "request.html", session, record=record, entries=entries)
+        raise ConsoleRefusal(404, f"No request with id {request_id!r}.")
+    return render(
+        request,
+        "request.html",
+        session,
+        record=record,
+        entries=await reports.ledger_for_request(record.id),
+        idempotency=await reports.idempotency_for_request(record.id),
+    )
 
 
 @router.get("/models")

@@ -87,7 +87,9 @@ def price_lines(pricing: PricingSpec) -> list[str]:
 
 def parameter_summary(spec: Any) -> str:
     """`enum: 1K, 2K, 4K (default 2K)`, `integer 64..2048, step 8 (default 1024)`."""
-    default = "" if spec.default is None else f" (default {spec.default})"
+    value = spec.default
+    shown = str(value).lower() if isinstance(value, bool) else value  # as the YAML says it
+    default = "" if value is None else f" (default {shown})"
     if isinstance(spec, EnumParam):
         return f"one of {', '.join(str(v) for v in spec.values)}{default}"
     if isinstance(spec, IntegerParam | NumberParam):

@@ -1,35 +1,43 @@
-"""Keys: list, create (model picker from the catalog, rpm, concurrency, expiry), and revoke,
-rotate or delete behind a confirmation page.
+"""Keys: list, create (model picker from the catalog, rpm, concurrency, expiry, budgets), and
+revoke, rotate or delete behind a confirmation page.
 
-The secret of a new or rotated key is rendered once, in the answer to the POST itself (never a
-redirect with the secret in a URL), with `Cache-Control: no-store`; nothing can show it again.
-Every action is `KeyService`'s, followed by the same authenticator invalidation the admin API
-does, so a revoked key stops in this process at once.
+The form is read through the admin API's `KeyCreate` schema and handed to the same
+`KeyService` calls. The secret of a new or rotated key is rendered once, in the answer to the
+POST itself (never a redirect with the secret in a URL), with `Cache-Control: no-store`;
+nothing can show it again. Every action is followed by the same authenticator invalidation the
+admin API does, so a revoked key stops in this process at once.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Form, Request
 from starlette.responses import Response
 
-from app.console.web import CsrfChecked, GatewayDep, SignedIn, attempt, render, see_other
+from app.admin.schemas import KeyCreate
+from app.console.web import (
+    CsrfChecked,
+    GatewayDep,
+    SignedIn,
+    attempt,
+    or_not_found,
+    parse_form,
+    render,
+    see_other,
+)
 from app.keys.repository import KeyRecord
+from app.ledger.budgets import Budget
 
 router = APIRouter()
 Action = Literal["revoke", "rotate", "delete"]
 PAGE = 50
 CONFIRM_TEXT: dict[str, str] = {
-    "revoke": "Revoke: the key stops working at once and cannot be re-enabled.",
-    "rotate": "Rotate: a new secret is issued and the current one stops working at once.",
-    "delete": "Delete: the key is removed; its ledger and request history keep its id.",
+    "revoke": "The key stops working at once and cannot be enabled again.",
+    "rotate": "A new secret is issued; the current one stops working at once.",
+    "delete": "The key is removed; the ledger and the request log keep its id.",
 }
-
-
-def _optional_int(text: str) -> int | None:
-    return int(text) if text.strip() else None
 
 
 @router.get("/keys")
@@ -41,7 +49,7 @@ async def list_keys(
     cursor: str | None = None,
 ) -> Response:
     keys, next_cursor = await gateway.keys.list_keys(
-        account_id=account_id or None, limit=PAGE, cursor=cursor
+        account_id=account_id.strip() or None, limit=PAGE, cursor=cursor
     )
     return render(
         request,
@@ -49,9 +57,43 @@ async def list_keys(
         session,
         keys=keys,
         next_cursor=next_cursor,
+        first_page=cursor is None,
         account_id=account_id,
         now=datetime.now(UTC),
     )
+
+
+def key_form(
+    *,
+    name: str,
+    models: list[str],
+    rpm: str,
+    max_concurrency: str,
+    expires_at: str,
+    budgets: dict[str, str],
+) -> dict[str, Any]:
+    """The form as the admin API's JSON body: blanks are "not set"; the expiry input
+    (`datetime-local`, no zone) is UTC, as the page says."""
+    return {
+        "name": name,
+        "models": [model for model in models if model] or None,
+        "rpm": rpm.strip() or None,
+        "max_concurrency": max_concurrency.strip() or None,
+        "expires_at": _utc_input(expires_at),
+        "budgets": [
+            {"period": period, "amount": amount.strip()}
+            for period, amount in budgets.items()
+            if amount.strip()
+        ]
+        or None,
+    }
+
+
+def _utc_input(value: str) -> str | None:
+    value = value.strip()
+    if not value or value.endswith("Z") or "+" in value[10:]:
+        return value or None
+    return f"{value}Z"
 
 
 @router.post("/accounts/{account_id}/keys")
@@ -65,40 +107,48 @@ async def create_key(
     rpm: Annotated[str, Form()] = "",
     max_concurrency: Annotated[str, Form()] = "",
     expires_at: Annotated[str, Form()] = "",
+    budget_day: Annotated[str, Form()] = "",
+    budget_month: Annotated[str, Form()] = "",
+    budget_total: Annotated[str, Form()] = "",
 ) -> Response:
-    try:
-        limits = (_optional_int(rpm), _optional_int(max_concurrency))
-        # <input type="datetime-local"> has no zone: the console states it is UTC
-        expiry = (
-            datetime.fromisoformat(expires_at).replace(tzinfo=UTC) if expires_at.strip() else None
-        )
-    except ValueError:
-        return render_error(request, session, account_id, "rpm, concurrency or expiry is invalid")
-    created, error = await attempt(
-        lambda: gateway.keys.create_key(
-            account_id=account_id,
+    body, error = parse_form(
+        KeyCreate,
+        key_form(
             name=name,
-            models=[m for m in models or [] if m] or None,
-            rpm=limits[0],
-            max_concurrency=limits[1],
-            expires_at=expiry,
-        )
+            models=models or [],
+            rpm=rpm,
+            max_concurrency=max_concurrency,
+            expires_at=expires_at,
+            budgets={"day": budget_day, "month": budget_month, "total": budget_total},
+        ),
     )
+    created = None
+    if body is not None:
+        budgets: list[Budget] | None = (
+            None if body.budgets is None else [b.to_budget() for b in body.budgets]
+        )
+        created, error = await attempt(
+            lambda: gateway.keys.create_key(
+                account_id=account_id,
+                name=body.name,
+                models=body.models,
+                rpm=body.rpm,
+                max_concurrency=body.max_concurrency,
+                expires_at=body.expires_at,
+                budgets=budgets,
+            )
+        )
     if created is None:
-        return render_error(request, session, account_id, error or "")
+        return render(
+            request,
+            "refused.html",
+            session,
+            status_code=400,
+            message=f"The key was not created: {error}",
+            back=f"/console/accounts/{account_id}",
+        )
     record, secret = created
     return _secret_page(request, session, record, secret, verb="created")
-
-
-def render_error(request: Request, session: CsrfChecked, account_id: str, error: str) -> Response:
-    return render(
-        request,
-        "refused.html",
-        session,
-        status_code=400,
-        message=f"The key was not created: {error}",
-        back=f"/console/accounts/{account_id}",
-    )
 
 
 def _secret_page(
@@ -111,7 +161,7 @@ def _secret_page(
 async def confirm(
     request: Request, session: SignedIn, gateway: GatewayDep, key_id: str, action: Action
 ) -> Response:
-    record = await gateway.keys.get_key(key_id)
+    record = await or_not_found(gateway.keys.get_key(key_id))
     return render(
         request, "key_confirm.html", session, key=record, action=action, text=CONFIRM_TEXT[action]
     )
@@ -121,18 +171,18 @@ async def confirm(
 async def act(
     request: Request, session: CsrfChecked, gateway: GatewayDep, key_id: str, action: Action
 ) -> Response:
-    old = await gateway.keys.get_key(key_id)
+    old = await or_not_found(gateway.keys.get_key(key_id))
     back = f"/console/accounts/{old.account_id}"
     if action == "revoke":
         record = await gateway.keys.revoke_key(key_id)
         gateway.authenticator.invalidate(record.key_hash)
-        return see_other(back, notice=f"Key {record.name} revoked.")
+        return see_other(request, back, notice=f"Key {record.name} revoked.")
     if action == "delete":
         record = await gateway.keys.delete_key(key_id)
         gateway.authenticator.invalidate(record.key_hash)
-        return see_other(back, notice=f"Key {record.name} deleted.")
+        return see_other(request, back, notice=f"Key {record.name} deleted.")
     rotated, error = await attempt(lambda: gateway.keys.rotate_key(key_id))
     if rotated is None:
-        return see_other(back, notice=error)
+        return see_other(request, back, notice=f"Key {old.name} was not rotated: {error}")
     gateway.authenticator.invalidate(old.key_hash)
     return _secret_page(request, session, rotated[0], rotated[1], verb="rotated")

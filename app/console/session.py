@@ -14,6 +14,10 @@ every replica derives the same key with no extra setting, and rotating the admin
 every operator out. Sign-out clears the cookie; a copy taken before that stays valid until its
 `exp` (sessions are stateless), which is why the lifetime is bounded
 (`GATEWAY_CONSOLE_SESSION_TTL_S`, 8 h by default).
+
+Messages shown after an action ("Account acme created.") travel in a second signed cookie
+(`igw_flash`, one minute, read once), never in the URL: a link from elsewhere cannot make the
+console display text of its choosing.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ from typing import Any
 from itsdangerous import BadSignature, URLSafeSerializer
 
 COOKIE_NAME = "igw_console"
+FLASH_COOKIE = "igw_flash"
 COOKIE_PATH = "/console"
+FLASH_TTL_S = 60
 #: a visitor's pre-sign-in session (it only carries the sign-in form's CSRF token)
 ANONYMOUS_TTL_S = 3600
 
@@ -52,6 +58,7 @@ class SessionCodec:
 
     def __init__(self, key: bytes, *, ttl_s: int, clock: Callable[[], float] = time.time) -> None:
         self._serializer = URLSafeSerializer(key, salt="console-session")
+        self._flash = URLSafeSerializer(key, salt="console-flash")
         self.ttl_s = ttl_s
         self.clock = clock
 
@@ -85,6 +92,24 @@ class SessionCodec:
         if expires_at <= self.clock():
             return None
         return Session(signed_in=payload.get("sub") == "admin", csrf=csrf, expires_at=expires_at)
+
+    def dump_flash(self, message: str) -> str:
+        return self._flash.dumps({"msg": message, "exp": self.clock() + FLASH_TTL_S})
+
+    def load_flash(self, cookie: str | None) -> str | None:
+        if not cookie:
+            return None
+        try:
+            payload: Any = self._flash.loads(cookie)
+        except BadSignature:
+            return None
+        if not isinstance(payload, dict) or not isinstance(payload.get("msg"), str):
+            return None
+        expires_at = payload.get("exp")
+        if not isinstance(expires_at, int | float) or expires_at <= self.clock():
+            return None
+        message: str = payload["msg"]
+        return message
 
 
 def csrf_matches(session: Session, presented: str | None) -> bool:

@@ -2,46 +2,64 @@
 rendering.
 
     request ─▶ SignedIn (valid session cookie, else 303 to the sign-in page)
-            ─▶ CsrfChecked on POST (token from the form field or X-CSRF-Token, same-origin)
+            ─▶ CsrfChecked on POST (token from the form field or X-CSRF-Token, same origin)
             ─▶ route: call the SAME service the admin API calls ─▶ render(...) or see_other(...)
 
 Service errors (`GatewayError`: a bad amount, an unknown key, a balance that would go below
 zero) are shown to the operator on the page they came from with the service's own message,
 not turned into JSON: forms call `attempt(...)`, which returns the error text instead of
-raising. Refusals of the console itself (not signed in, CSRF) are `ConsoleRefusal`s rendered
-by one handler: a redirect to the sign-in page for pages, a 403 with a short page otherwise.
+raising. Refusals of the console itself (not signed in, CSRF, an unknown id in a page URL)
+are `ConsoleRefusal`s rendered by one handler: a redirect to the sign-in page for a page whose
+session is missing or expired, a short HTML page otherwise.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Final, Literal, TypeVar
 from urllib.parse import quote, urlsplit
 
 from fastapi import Depends, Request
 from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel, ValidationError
 from starlette.responses import RedirectResponse, Response
 
 from app.console import formats
-from app.console.session import COOKIE_NAME, COOKIE_PATH, Session, SessionCodec, csrf_matches
+from app.console.session import (
+    COOKIE_NAME,
+    COOKIE_PATH,
+    FLASH_COOKIE,
+    FLASH_TTL_S,
+    Session,
+    SessionCodec,
+    csrf_matches,
+)
 from app.errors import GatewayError
 from app.gateway import Gateway
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 HERE = Path(__file__).parent
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
+#: why the sign-in page is shown: fixed texts chosen by code (a URL cannot inject its own)
+SignInReason = Literal["signin", "expired", "signed_out"]
+SIGN_IN_REASONS: Final[dict[str, str]] = {
+    "signin": "Sign in to continue.",
+    "expired": "Your session has expired: sign in again.",
+    "signed_out": "You are signed out.",
+}
 #: console pages hold balances and one-time secrets: never cached, never framed
-PAGE_HEADERS = {
+PAGE_HEADERS: Final = {
     "cache-control": "no-store",
     "x-frame-options": "DENY",
     "referrer-policy": "same-origin",
     "x-content-type-options": "nosniff",
     "content-security-policy": (
         "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
-        "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
     ),
 }
 
@@ -62,10 +80,13 @@ def build_templates() -> Jinja2Templates:
 
 
 class ConsoleRefusal(Exception):
-    def __init__(self, status_code: int, message: str, *, sign_in: bool = False) -> None:
+    def __init__(
+        self, status_code: int, message: str, *, sign_in: SignInReason | None = None
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.message = message
+        #: the session is missing or expired: pages redirect to the sign-in form
         self.sign_in = sign_in
 
 
@@ -74,7 +95,7 @@ def get_console(request: Request) -> Console:
     return console
 
 
-def get_gateway(request: Request) -> Gateway:
+async def get_gateway(request: Request) -> Gateway:
     gateway: Gateway = request.app.state.gateway
     return gateway
 
@@ -83,23 +104,33 @@ def current_session(request: Request) -> Session | None:
     return get_console(request).codec.loads(request.cookies.get(COOKIE_NAME))
 
 
-def require_signed_in(request: Request) -> Session:
+async def require_signed_in(request: Request) -> Session:
     session = current_session(request)
     if session is None or not session.signed_in:
-        expired = request.cookies.get(COOKIE_NAME) is not None
-        message = "Your session has expired." if expired else "Sign in to continue."
-        raise ConsoleRefusal(401, message, sign_in=True)
+        # a cookie that no longer verifies is an expired session (or a forged one); a valid
+        # anonymous one only carries the sign-in form's CSRF token
+        expired = session is None and request.cookies.get(COOKIE_NAME) is not None
+        reason: SignInReason = "expired" if expired else "signin"
+        raise ConsoleRefusal(401, SIGN_IN_REASONS[reason], sign_in=reason)
     return session
 
 
 async def check_csrf(request: Request, session: Session) -> None:
-    """Same-origin and the session's token, or 403 (called on every state-changing request)."""
+    """Same origin and the session's token, or 403 (on every state-changing request).
+
+    SameSite=Strict already keeps the cookie off cross-site requests; the token makes the
+    refusal independent of the browser honouring that, and the Origin check refuses a
+    cross-origin POST before its body is even read."""
     origin = request.headers.get("origin")
-    if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
+    # behind a proxy that rewrites Host, the host the browser used is in X-Forwarded-Host
+    ours = {request.headers.get("host"), request.headers.get("x-forwarded-host")}
+    if origin is not None and urlsplit(origin).netloc not in ours:
         raise ConsoleRefusal(403, "Cross-origin request refused.")
+    if request.headers.get("sec-fetch-site") == "cross-site":
+        raise ConsoleRefusal(403, "Cross-site request refused.")
     presented = request.headers.get(CSRF_HEADER)
     if presented is None and request.headers.get("content-type", "").startswith(
-        "application/x-www-form-urlencoded"
+        ("application/x-www-form-urlencoded", "multipart/form-data")
     ):
         value = (await request.form()).get(CSRF_FIELD)
         presented = value if isinstance(value, str) else None
@@ -108,7 +139,7 @@ async def check_csrf(request: Request, session: Session) -> None:
 
 
 async def require_csrf(request: Request) -> Session:
-    session = require_signed_in(request)
+    session = await require_signed_in(request)
     await check_csrf(request, session)
     return session
 
@@ -127,21 +158,41 @@ def render(
     status_code: int = 200,
     **context: Any,
 ) -> Response:
+    """A page, with the session's CSRF token and the one-time message of the last action."""
     console = get_console(request)
-    context.setdefault("notice", request.query_params.get("notice"))
-    return console.templates.TemplateResponse(
+    flash = request.cookies.get(FLASH_COOKIE)
+    context.setdefault("notice", console.codec.load_flash(flash))
+    response = console.templates.TemplateResponse(
         request,
         template,
-        {"session": session, "csrf_token": session.csrf if session else "", **context},
+        {
+            "session": session,
+            "csrf_token": session.csrf if session else "",
+            "path": request.url.path,
+            **context,
+        },
         status_code=status_code,
         headers=PAGE_HEADERS,
     )
+    if flash is not None:
+        response.delete_cookie(FLASH_COOKIE, path=COOKIE_PATH, httponly=True, samesite="strict")
+    return response
 
 
-def see_other(path: str, *, notice: str | None = None) -> RedirectResponse:
-    """303 after a successful POST, so a reload does not repeat it."""
-    url = path if notice is None else f"{path}{'&' if '?' in path else '?'}notice={quote(notice)}"
-    return RedirectResponse(url, status_code=303, headers={"cache-control": "no-store"})
+def see_other(request: Request, path: str, *, notice: str | None = None) -> RedirectResponse:
+    """303 after a successful POST, so a reload does not repeat it; `notice` shows once."""
+    response = RedirectResponse(path, status_code=303, headers={"cache-control": "no-store"})
+    if notice:
+        response.set_cookie(
+            FLASH_COOKIE,
+            get_console(request).codec.dump_flash(notice),
+            max_age=FLASH_TTL_S,
+            path=COOKIE_PATH,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+    return response
 
 
 async def attempt(work: Callable[[], Awaitable[T]]) -> tuple[T | None, str | None]:
@@ -150,6 +201,27 @@ async def attempt(work: Callable[[], Awaitable[T]]) -> tuple[T | None, str | Non
         return await work(), None
     except GatewayError as exc:
         return None, exc.message
+
+
+def parse_form(schema: type[M], data: Mapping[str, Any]) -> tuple[M | None, str | None]:
+    """A form read through the admin API's own request schema (the same limits and money
+    parsing), or the first problem as a sentence for the page."""
+    try:
+        return schema.model_validate(data), None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        return None, f"{where}: {first['msg']}" if where else str(first["msg"])
+
+
+async def or_not_found(work: Awaitable[T]) -> T:
+    """A page's subject (`get_account`, `get_key`), or the console's 404 page."""
+    try:
+        return await work
+    except GatewayError as exc:
+        if exc.status == 404:
+            raise ConsoleRefusal(404, exc.message) from exc
+        raise
 
 
 def set_session_cookie(response: Response, request: Request, session: Session) -> None:
@@ -175,17 +247,28 @@ def clear_session_cookie(response: Response, request: Request) -> None:
     )
 
 
+def sign_in_url(reason: SignInReason, next_path: str | None = None) -> str:
+    target = "" if next_path is None else f"&next={quote(next_path)}"
+    return f"/console/login?reason={reason}{target}"
+
+
 async def refusal_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ConsoleRefusal)
-    if exc.sign_in and request.method == "GET":
+    if exc.sign_in is not None and request.method == "GET":
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         response: Response = RedirectResponse(
-            f"/console/login?next={quote(target)}&reason={quote(exc.message)}", status_code=303
+            sign_in_url(exc.sign_in, target), status_code=303, headers={"cache-control": "no-store"}
         )
     else:
         response = render(
-            request, "refused.html", None, status_code=exc.status_code, message=exc.message
+            request,
+            "refused.html",
+            None,
+            status_code=exc.status_code,
+            message=exc.message,
+            sign_in=exc.sign_in is not None,
+            not_found=exc.status_code == 404,
         )
-    if exc.sign_in:
+    if exc.sign_in is not None:
         clear_session_cookie(response, request)
     return response

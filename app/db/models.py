@@ -176,6 +176,13 @@ class IdempotencyRecord(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(
         DateTime(timezone=True), nullable=True
     )
+    #: the request that ran under the key (its request_log id), for the console's request page
+    request_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    #: how many repeats were answered from the stored response
+    replays: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_replayed_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
 
 
 class WebhookEndpoint(Base):

@@ -199,6 +199,7 @@ class Admission:
                 key=ctx.idempotency_key,
                 request_hash=request_hash("POST", ctx.path, fingerprint),
                 ttl_s=deps.idempotency_ttl_s,
+                request_id=ctx.request_id,
             )
             if isinstance(claimed, StoredResponse):
                 # a replay hands out what was paid for: only to a key the hold would accept

@@ -24,6 +24,10 @@ get a replay or a 409. A row is dead, and so replaced, when:
 that lost its claim (its lease ran out and another request took the key over) can never
 overwrite or delete the new owner's record; they say whether they did anything.
 
+Each record names the request that ran under it (`request_id`, the request-log id) and counts
+the repeats answered from it (`replays`, `last_replayed_at`): replays are not logged as
+requests of their own (they cost nothing and ran nothing), so this is where they are seen.
+
 Decisions: the hash covers method, path and body (not headers); a different body under the same
 key is 409 IDEMPOTENCY_KEY_REUSED even while the first is running; timestamps come from the
 Python clock (UTC) on both backends, so skew between processes only shifts a lease or a 24 h
@@ -97,9 +101,16 @@ class IdempotencyStore:
         self._lease = timedelta(seconds=lease_s)
 
     async def begin(
-        self, *, scope: str, key: str, request_hash: str, ttl_s: int
+        self,
+        *,
+        scope: str,
+        key: str,
+        request_hash: str,
+        ttl_s: int,
+        request_id: str | None = None,
     ) -> Claim | StoredResponse:
-        """A `Claim`: the caller now owns the key. Else the response to replay, or 409."""
+        """A `Claim`: the caller (request `request_id`) now owns the key. Else the response to
+        replay (the replay is counted), or 409."""
         if not 1 <= len(key) <= MAX_KEY_LENGTH:
             raise InvalidParameter(
                 f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters.",
@@ -107,7 +118,9 @@ class IdempotencyStore:
             )
         for _ in range(_BEGIN_ATTEMPTS):
             claim = Claim(scope=scope, key=key, owner=secrets.token_hex(16))
-            if await self._claim(claim, request_hash=request_hash, ttl_s=ttl_s):
+            if await self._claim(
+                claim, request_hash=request_hash, ttl_s=ttl_s, request_id=request_id
+            ):
                 return claim
             async with self._engine.connect() as connection:
                 row = (
@@ -131,6 +144,7 @@ class IdempotencyStore:
             if row.state == "done" and row.status_code is not None:
                 IDEMPOTENCY_REPLAYS.inc()
                 note_replayed()
+                await self._count_replay(scope=scope, key=key, request_hash=request_hash)
                 return StoredResponse(status_code=row.status_code, body=row.response_body or b"")
             raise Conflict(
                 "A request with this Idempotency-Key is still in progress; retry later",
@@ -143,10 +157,29 @@ class IdempotencyStore:
             param="Idempotency-Key",
         )
 
-    async def _claim(self, claim: Claim, *, request_hash: str, ttl_s: int) -> bool:
+    async def _count_replay(self, *, scope: str, key: str, request_hash: str) -> None:
+        # only the finished record that was just read: never one that replaced it in between
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                update(IdempotencyRecord)
+                .where(
+                    IdempotencyRecord.scope == scope,
+                    IdempotencyRecord.idem_key == key,
+                    IdempotencyRecord.state == "done",
+                    IdempotencyRecord.request_hash == request_hash,
+                )
+                .values(replays=IdempotencyRecord.replays + 1, last_replayed_at=utc_now())
+            )
+
+    async def _claim(
+        self, claim: Claim, *, request_hash: str, ttl_s: int, request_id: str | None
+    ) -> bool:
         now = utc_now()
         lease_expires_at = now + self._lease
         fresh = {
+            "request_id": request_id,
+            "replays": 0,
+            "last_replayed_at": None,
             "request_hash": request_hash,
             "state": "in_progress",
             "status_code": None,

@@ -12,6 +12,8 @@ body with pydantic's strict validation against openai-python's generated types:
     GET  /v1/models                     200      ─▶ `{"object": "list", "data": [Model]}`
     GET  /v1/models/{id}                200      ─▶ `Model`
     any path                            4xx/5xx  ─▶ `{"error": ErrorObject}`, an UPPER_CASE code
+                                                     (but an HTML page under `/console/`, the
+                                                     operator console's browser UI)
 
 Strict means what a typed client means: `created: 1.0` or `"n": "2"` are refused, a missing
 required field is refused, enum fields take only the SDK's values. Extra fields are allowed
@@ -58,6 +60,8 @@ IMAGE_PATHS: Final = {
 ERROR_CODE: Final = re.compile(r"^[A-Z][A-Z0-9_]*$")
 #: how many bodies of each kind `samples` keeps
 MAX_SAMPLES: Final = 8
+#: where the operator console (`app.console`) is mounted
+CONSOLE_PATH: Final = "/console"
 
 
 def _event_types(union: Any) -> dict[str, type[pydantic.BaseModel]]:
@@ -204,6 +208,10 @@ def _error_problems(error: dict[str, Any]) -> list[str]:
 OPERATIONS_PATHS: Final = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
+def _in_console(path: str) -> bool:
+    return path == CONSOLE_PATH or path.startswith(CONSOLE_PATH + "/")
+
+
 def check_response(
     method: str, path: str, status: int, content_type: str, raw: bytes, *, complete: bool = True
 ) -> tuple[str | None, list[str]]:
@@ -213,6 +221,10 @@ def check_response(
     json_body = content_type.startswith("application/json")
     if status >= 400:
         if method == "HEAD" or path in OPERATIONS_PATHS:
+            return None, []
+        if _in_console(path) and content_type.startswith("text/html"):
+            # the operator console's pages are for a browser, not an SDK: a refusal there is
+            # an HTML page by design; its JSON and event-stream answers are still checked
             return None, []
         if not json_body:
             return "error", [f"an error answered as {content_type or 'no content type'}"]
