@@ -16,7 +16,9 @@ the settle. Only the final result is ever billed: failed attempts cost nothing, 
 is settled once, on what the successful attempt delivered. One `Router` serves the process
 (built in `app.gateway.open_gateway`), so its breaker sees every request's attempts.
 
-Every attempt is observed in one place, `Router._attempt`: its time and outcome per provider
+Every request's route choice is counted (`image_gateway_route_attempts_total{model,provider,
+outcome}`, `image_gateway_route_fallbacks_total{model}`), and every attempt is observed in one
+place, `Router._attempt`: its time and outcome per provider
 (`image_gateway_upstream_duration_seconds`, `..._upstream_errors_total`), an `upstream
 <provider>` span when tracing is on, and the request's provider and upstream time for its
 access line (the gateway-added time is the request's time less this).
@@ -112,6 +114,23 @@ class Router:
         trace: RouteTrace | None = None,
     ) -> AdapterResult:
         trace = trace if trace is not None else RouteTrace()
+        try:
+            return await self._call(
+                model_id, config, adapters, providers, request, on_partial, trace
+            )
+        finally:
+            metrics.record_routes(model_id, trace.attempts)
+
+    async def _call(
+        self,
+        model_id: str,
+        config: ModelConfig,
+        adapters: Mapping[str, ImageAdapter],
+        providers: dict[str, ProviderConfig],
+        request: ImageRequest,
+        on_partial: PartialSink | None,
+        trace: RouteTrace,
+    ) -> AdapterResult:
         routes = order_routes(config.strategy, config.routes, self._rng)
         deadline_s = upstream_deadline_s(config, providers)
         deadline = self._clock() + deadline_s

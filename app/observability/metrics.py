@@ -88,6 +88,17 @@ UPSTREAM_ERRORS = Counter(
     "Failed provider attempts, by provider and gateway error code.",
     ["provider", "code"],
 )
+ROUTE_ATTEMPTS = Counter(
+    f"{PREFIX}_route_attempts",
+    "The router's choices, one per route tried or skipped: by model, provider and outcome "
+    "('ok', the failure's error code, or SKIPPED_COOLDOWN for a provider its breaker holds out).",
+    ["model", "provider", "outcome"],
+)
+ROUTE_FALLBACKS = Counter(
+    f"{PREFIX}_route_fallbacks",
+    "Requests answered by another provider than the first one their route policy chose.",
+    ["model"],
+)
 IMAGES = Counter(f"{PREFIX}_images", "Images delivered and charged, by model.", ["model"])
 COST_USD = Counter(f"{PREFIX}_cost_usd", "Money charged for settled requests (USD).", ["model"])
 IN_FLIGHT = Gauge(
@@ -206,6 +217,14 @@ def record_upstream(provider: str, seconds: float, error_code: str | None) -> No
     UPSTREAM_DURATION.labels(provider).observe(seconds)
     if error_code is not None:
         UPSTREAM_ERRORS.labels(provider, error_code).inc()
+
+
+def record_routes(model: str, attempts: list[tuple[str, str]]) -> None:
+    """One request's route trace: every attempt, and whether another provider answered."""
+    for provider, outcome in attempts:
+        ROUTE_ATTEMPTS.labels(model, provider, outcome).inc()
+    if attempts and attempts[-1][1] == "ok" and attempts[-1][0] != attempts[0][0]:
+        ROUTE_FALLBACKS.labels(model).inc()
 
 
 def exposition(multiproc_dir: Path | None) -> tuple[bytes, str]:

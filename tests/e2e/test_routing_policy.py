@@ -10,6 +10,7 @@ import pytest
 
 from tests.e2e.conftest import Env
 from tests.e2e.helpers import balance
+from tests.support.metrics import scrape
 
 FALLBACK = pytest.mark.gateway(
     models="""
@@ -72,3 +73,31 @@ def test_retries_on_one_route_are_traced_and_billed_once(env: Env) -> None:
     [row] = logged_requests(env)
     assert row["route"] == "mockai:UPSTREAM_UNAVAILABLE>mockai:UPSTREAM_UNAVAILABLE>mockai:ok"
     assert balance(env) == before - 4000
+
+
+@FALLBACK
+def test_route_choice_and_fallbacks_are_in_the_metrics(env: Env) -> None:
+    client = env.client()
+    before = scrape(env.gateway.url)
+    env.upstream.fail_next(500, times=1)
+    assert client.images.generate(model="with-fallback", prompt="x").data[0].b64_json  # falls back
+    assert client.images.generate(model="with-fallback", prompt="y").data[0].b64_json  # first route
+    after = scrape(env.gateway.url)
+
+    def attempts(provider: str, outcome: str) -> float:
+        return after.delta(
+            before,
+            "image_gateway_route_attempts_total",
+            model="with-fallback",
+            provider=provider,
+            outcome=outcome,
+        )
+
+    assert attempts("mockai", "ok") == 1
+    assert attempts("local", "ok") == 1
+    failed = after.delta(
+        before, "image_gateway_route_attempts_total", model="with-fallback", provider="mockai"
+    )
+    assert failed == 2  # one failure, one success
+    fallbacks = "image_gateway_route_fallbacks_total"
+    assert after.delta(before, fallbacks, model="with-fallback") == 1
