@@ -30,7 +30,6 @@ from app.catalog.live import CatalogSnapshot, LiveCatalog
 from app.catalog.loader import Catalog, load_catalog
 from app.catalog.reload import CatalogReloader, reload_on_sighup
 from app.db.engine import engine_for
-from app.db.faults import DatabaseUnavailable
 from app.db.models import Account
 from app.images.admission import Admissions
 from app.images.breaker import Breaker, Event, Transition, make_breaker
