@@ -102,6 +102,62 @@ logged AS (
 )
 SELECT balance_micros FROM debited"""
 
+#: Many holds on ONE account in one statement (group commit, `app.ledger.batching`): the
+#: account row is locked, and the WAL flushed, once for the whole batch instead of once per
+#: hold. All or nothing on the balance: the batch's usable items are debited together only if
+#: the balance covers all of them; otherwise nothing moves and every item is held alone (the
+#: exact single-hold path above). Items whose key is not usable right now (or has budgets) are
+#: left out and returned as not held, to be refused (or budgeted) one by one. The ledger rows
+#: are inserted in the items' order while the row lock is held, so `balance_after` chains
+#: exactly: item n's is the balance before the batch less the running sum up to n.
+HOLD_BATCH_SQL = f"""\
+WITH items AS (
+    SELECT * FROM unnest(
+        CAST(:request_ids AS TEXT[]), CAST(:key_ids AS TEXT[]), CAST(:key_hashes AS TEXT[]),
+        CAST(:amounts AS BIGINT[]), CAST(:models AS TEXT[]), CAST(:endpoints AS TEXT[]),
+        CAST(:users AS TEXT[]), CAST(:client_request_ids AS TEXT[])
+    ) WITH ORDINALITY AS t(request_id, key_id, key_hash, amount, model, endpoint, "user",
+                            client_request_id, n)
+),
+usable AS (
+    SELECT i.*, sum(i.amount) OVER (ORDER BY i.n) AS running
+    FROM items AS i JOIN api_keys AS k ON k.id = i.key_id
+    WHERE k.account_id = :account_id AND k.revoked_at IS NULL
+      AND (k.expires_at IS NULL OR k.expires_at > now())
+      AND (i.key_hash IS NULL OR k.key_hash = i.key_hash)
+      AND NOT EXISTS (SELECT 1 FROM key_budgets AS b WHERE b.key_id = i.key_id)
+),
+total AS (SELECT coalesce(sum(amount), 0) AS amount, count(*) AS items FROM usable),
+debited AS (
+    UPDATE accounts SET balance_micros = balance_micros - (SELECT amount FROM total)
+    WHERE id = :account_id AND status = 'active'
+      AND balance_micros >= (SELECT amount FROM total)
+      AND (SELECT items FROM total) > 0
+    RETURNING id, balance_micros, low_balance_threshold_micros
+),
+alerted AS (
+    {ALERT.format(moved="debited", before="d.balance_micros + (SELECT amount FROM total)")}
+),
+charged AS (
+    INSERT INTO ledger_entries
+        (account_id, key_id, request_id, kind, amount_micros, balance_after_micros, model)
+    SELECT :account_id, u.key_id, u.request_id, 'charge', -u.amount,
+           d.balance_micros + t.amount - u.running, u.model
+    FROM usable AS u CROSS JOIN debited AS d CROSS JOIN total AS t
+    WHERE u.amount > 0
+    ORDER BY u.n
+),
+logged AS (
+    INSERT INTO request_log
+        (id, client_request_id, account_id, key_id, model, endpoint, state, images,
+         held_micros, cost_micros, "user", budget_windows)
+    SELECT u.request_id, u.client_request_id, :account_id, u.key_id, u.model, u.endpoint,
+           'pending', 0, u.amount, 0, u."user", NULL
+    FROM usable AS u CROSS JOIN debited AS d
+)
+SELECT u.request_id, d.balance_micros + t.amount - u.running AS balance_after
+FROM usable AS u CROSS JOIN debited AS d CROSS JOIN total AS t"""
+
 #: settle (new_state 'settled') and sweep (new_state 'swept') of one request. The accounts
 #: UPDATE only matches when there is something to give back, so the happy path (cost == held)
 #: touches request_log alone and never waits on the hot account row.
@@ -167,6 +223,7 @@ LIMIT :limit"""
 
 
 HOLD: TextClause = text(HOLD_SQL)
+HOLD_BATCH: TextClause = text(HOLD_BATCH_SQL)
 FINISH: TextClause = text(FINISH_SQL)
 CREDIT: TextClause = text(CREDIT_SQL)
 STALE_PENDING: TextClause = text(STALE_PENDING_SQL)

@@ -18,6 +18,7 @@ naive UTC text with microseconds, the form SQLAlchemy stores and compares.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -297,6 +298,28 @@ class LedgerRepository:
             )
         )
         return balance
+
+    async def debit_batch_if_covered(
+        self, account_id: str, holds: Sequence[HoldRequest]
+    ) -> dict[str, int]:
+        """Postgres: many fast-path holds on one account in one statement (`HOLD_BATCH`).
+
+        Debits every item whose key is usable, or none of them if the balance does not cover
+        them all; the balance after each item held, by request id (the others: not held).
+        """
+        params = {
+            "account_id": account_id,
+            "request_ids": [hold.request_id for hold in holds],
+            "key_ids": [hold.key_id for hold in holds],
+            "key_hashes": [hold.key_hash for hold in holds],
+            "amounts": [hold.amount_micros for hold in holds],
+            "models": [hold.model for hold in holds],
+            "endpoints": [hold.endpoint for hold in holds],
+            "users": [hold.user for hold in holds],
+            "client_request_ids": [hold.client_request_id for hold in holds],
+        }
+        result = await self._conn.execute(postgres_sql.HOLD_BATCH, params)
+        return {row.request_id: int(row.balance_after) for row in result}
 
     async def hold_facts(
         self, *, account_id: str, key_id: str, lock_account: bool = False

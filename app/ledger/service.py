@@ -53,7 +53,7 @@ import asyncio
 import dataclasses
 import logging
 import secrets
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Literal, TypeVar
 
@@ -69,6 +69,7 @@ from app.errors import (
     ServiceUnavailable,
 )
 from app.keys.cursor import decode_id_cursor
+from app.ledger.batching import ALONE, HoldLanes
 from app.ledger.budgets import (
     BudgetRefused,
     BudgetRepository,
@@ -155,6 +156,8 @@ class Ledger:
         self._autocommit = (
             engine.execution_options(isolation_level="AUTOCOMMIT") if self._postgres else engine
         )
+        #: Postgres: per hot account, one hold statement in flight, the rest batched
+        self._lanes = HoldLanes(self._debit_alone, self._debit_batch)
 
     # units of work ---------------------------------------------------------------------
     @asynccontextmanager
@@ -356,23 +359,38 @@ class Ledger:
     async def _hold(self, hold: HoldRequest) -> int:
         request_id = hold.request_id
         try:
+            if self._postgres:
+                held = await self._lanes.hold(hold)  # alone, or in a batch if the account is hot
+                if held is ALONE:
+                    held = await self._debit_alone(hold)
+                if held is not None:
+                    return held
+                return await self._explain_refused_hold(hold)
             async with self._atomic() as repo:
                 balance = await repo.debit_if_covered(hold)
                 if balance is not None:
                     return balance
-                if not self._postgres:
-                    # the failed UPDATE already took SQLite's write lock, so this read sees
-                    # exactly the state the UPDATE judged
-                    facts = await repo.hold_facts(account_id=hold.account_id, key_id=hold.key_id)
-                    refusal = hold_refusal(facts, hold)
-                    if refusal is None and facts.has_budgets:
-                        return await self._debit_budgeted(repo, hold)
-                    raise refusal or InternalError("hold refused")
-            return await self._explain_refused_hold(hold)
+                # SQLite: the failed UPDATE already took the write lock, so this read sees
+                # exactly the state the UPDATE judged
+                facts = await repo.hold_facts(account_id=hold.account_id, key_id=hold.key_id)
+                refusal = hold_refusal(facts, hold)
+                if refusal is None and facts.has_budgets:
+                    return await self._debit_budgeted(repo, hold)
+                raise refusal or InternalError("hold refused")
         except IntegrityError as exc:
             raise Conflict(
                 f"request id {request_id!r} was already used", code="DUPLICATE_REQUEST_ID"
             ) from exc
+
+    async def _debit_alone(self, hold: HoldRequest) -> int | None:
+        """Postgres: the single-hold statement (the balance after, or None: refused)."""
+        async with self._atomic() as repo:
+            return await repo.debit_if_covered(hold)
+
+    async def _debit_batch(self, holds: Sequence[HoldRequest]) -> dict[str, int]:
+        """Postgres: fast-path holds on one account in one statement (`app.ledger.batching`)."""
+        async with self._atomic() as repo:
+            return await repo.debit_batch_if_covered(holds[0].account_id, holds)
 
     async def check_key(self, *, account_id: str, key_id: str, key_hash: str | None) -> None:
         """Raise what a hold would (401/403) if this key may not act for the account now.
@@ -613,6 +631,7 @@ class Ledger:
 
     async def wait_idle(self) -> None:
         """Wait for shielded settles still running (call at shutdown, before engine.dispose)."""
+        await self._lanes.wait_idle()
         if self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
 
