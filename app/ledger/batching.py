@@ -1,5 +1,8 @@
 """Group commit of holds on a hot account: one statement, one row lock, one WAL flush per batch.
 
+(The same lane batches settles, `Ledger._finish`: one settle statement in flight per process,
+the happy-path settles waiting behind it go in one `postgres_sql.SETTLE_BATCH`.)
+
 A hold is one conditional UPDATE of the account's row; Postgres holds that row lock until the
 statement commits (its WAL flush included), so holds on ONE account run one after another, each
 paying a commit: about 280 per second, whatever the number of processes. `HoldLanes` keeps, per
@@ -31,93 +34,107 @@ import enum
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from app.db.faults import DatabaseUnavailable
-from app.ledger.repository import HoldRequest
+from app.ledger.repository import FinishedRequest, HoldRequest, SettleRequest
 
 logger = logging.getLogger(__name__)
 
-#: the most holds one statement carries (its arrays stay small; a larger backlog is several
+#: the most items one statement carries (its arrays stay small; a larger backlog is several
 #: statements back to back)
 MAX_BATCH = 128
 
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
 
 class Alone(enum.Enum):
-    """Not held by the batch: hold it alone (the single-hold path decides, and explains)."""
+    """Not done by the batch: do it alone (the single-item path decides, and explains)."""
 
     ALONE = "alone"
 
 
 ALONE = Alone.ALONE
 
-#: the single hold: the balance after, or None when the statement refused it
-HoldOne = Callable[[HoldRequest], Awaitable[int | None]]
-#: the batch: the balance after each item it held, by request id (the rest: not held)
-HoldMany = Callable[[Sequence[HoldRequest]], Awaitable[dict[str, int]]]
-Waiter = tuple[HoldRequest, "asyncio.Future[int | None | Alone]"]
-
 
 @dataclass(slots=True)
-class _Lane:
-    waiting: list[Waiter] = field(default_factory=list)
+class _Lane(Generic[Item, Result]):
+    waiting: list[tuple[Item, asyncio.Future[Result | Alone | None]]] = field(default_factory=list)
 
 
-class HoldLanes:
-    """Per account, one hold statement in flight in this process; the rest wait and batch."""
+class Lanes(Generic[Item, Result]):
+    """Per lane (an account for holds), one statement in flight in this process; the items
+    that arrive meanwhile wait, and go together in one statement when it finishes.
 
-    def __init__(self, hold_one: HoldOne, hold_many: HoldMany, *, max_batch: int = MAX_BATCH):
-        self._hold_one = hold_one
-        self._hold_many = hold_many
+    `one(item)`: the single statement (its result, or None: it refused). `many(items)`: the
+    batch statement, the result of each item it did, by `ident(item)`; the rest are ALONE.
+    """
+
+    def __init__(
+        self,
+        one: Callable[[Item], Awaitable[Result | None]],
+        many: Callable[[Sequence[Item]], Awaitable[dict[str, Result]]],
+        *,
+        lane: Callable[[Item], str],
+        ident: Callable[[Item], str],
+        max_batch: int = MAX_BATCH,
+    ) -> None:
+        self._one = one
+        self._many = many
+        self._lane_of = lane
+        self._ident = ident
         self._max_batch = max_batch
-        #: accounts with a hold statement in flight here (and what waits behind it)
-        self._lanes: dict[str, _Lane] = {}
+        #: lanes with a statement in flight here (and what waits behind it)
+        self._lanes: dict[str, _Lane[Item, Result]] = {}
         self._drains: set[asyncio.Task[None]] = set()
-        #: how many batch statements ran, and how many holds they carried (observability, tests)
+        #: how many batch statements ran, and how many items they did (observability, tests)
         self.batches = 0
-        self.batched_holds = 0
+        self.batched = 0
 
-    async def hold(self, hold: HoldRequest) -> int | None | Alone:
-        """The balance after the hold; None: the single statement refused it; ALONE: a batch
-        did not hold it (the caller holds it alone)."""
-        lane = self._lanes.get(hold.account_id)
-        if lane is None:  # cold: nothing in flight for this account here, so go at once
-            self._lanes[hold.account_id] = lane = _Lane()
+    async def run(self, item: Item) -> Result | Alone | None:
+        """The item's result; None: the single statement refused it; ALONE: a batch did not
+        do it (the caller does it alone)."""
+        name = self._lane_of(item)
+        lane = self._lanes.get(name)
+        if lane is None:  # cold: nothing in flight in this lane here, so go at once
+            self._lanes[name] = lane = _Lane()
             try:
-                return await self._hold_one(hold)
+                return await self._one(item)
             finally:
-                self._next(hold.account_id, lane)
-        future: asyncio.Future[int | None | Alone] = asyncio.get_running_loop().create_future()
-        lane.waiting.append((hold, future))
+                self._next(name, lane)
+        future: asyncio.Future[Result | Alone | None] = asyncio.get_running_loop().create_future()
+        lane.waiting.append((item, future))
         return await future
 
-    def _next(self, account_id: str, lane: _Lane) -> None:
+    def _next(self, name: str, lane: _Lane[Item, Result]) -> None:
         """The lane's statement finished: start draining what waits, or free the lane."""
         if not lane.waiting:
-            del self._lanes[account_id]
+            del self._lanes[name]
             return
-        task = asyncio.create_task(self._drain(account_id, lane), name="ledger-hold-batch")
+        task = asyncio.create_task(self._drain(name, lane), name="ledger-batch")
         self._drains.add(task)
         task.add_done_callback(self._drains.discard)
 
-    async def _drain(self, account_id: str, lane: _Lane) -> None:
+    async def _drain(self, name: str, lane: _Lane[Item, Result]) -> None:
         try:
             while lane.waiting:
                 taken = lane.waiting[: self._max_batch]
                 del lane.waiting[: self._max_batch]
-                batch = [(hold, future) for hold, future in taken if not future.done()]
+                batch = [(item, future) for item, future in taken if not future.done()]
                 if batch:
                     await self._run(batch)
         finally:
-            del self._lanes[account_id]
+            del self._lanes[name]
             for _, future in lane.waiting:  # only if the drain itself was cancelled
                 if not future.done():
                     future.set_result(ALONE)
 
-    async def _run(self, batch: list[Waiter]) -> None:
-        if len(batch) == 1:  # one waiter: exactly the single hold, its answer and its errors
-            hold, future = batch[0]
+    async def _run(self, batch: list[tuple[Item, asyncio.Future[Result | Alone | None]]]) -> None:
+        if len(batch) == 1:  # one waiter: exactly the single statement, its answer and errors
+            item, future = batch[0]
             try:
-                one = await self._hold_one(hold)
+                one = await self._one(item)
             except Exception as exc:
                 if not future.done():
                     future.set_exception(exc)
@@ -125,29 +142,45 @@ class HoldLanes:
             if not future.done():
                 future.set_result(one)
             return
-        holds = [hold for hold, _ in batch]
         try:
-            held = await self._hold_many(holds)
+            done = await self._many([item for item, _ in batch])
         except DatabaseUnavailable as exc:  # each alone would only wait for the same outage
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
             return
         except Exception:  # a duplicate request id, a deadlock ...: each alone says which
-            logger.warning("ledger: a batch of %d holds failed; holding each alone", len(batch))
-            held = {}
+            logger.warning("ledger: a batch of %d failed; doing each alone", len(batch))
+            done = {}
         except asyncio.CancelledError:
             for _, future in batch:
                 if not future.done():
                     future.set_result(ALONE)
             raise
         self.batches += 1
-        self.batched_holds += len(held)
-        for hold, future in batch:
+        self.batched += len(done)
+        for item, future in batch:
             if not future.done():
-                future.set_result(held.get(hold.request_id, ALONE))
+                future.set_result(done.get(self._ident(item), ALONE))
 
     async def wait_idle(self) -> None:
         """Wait for the batches still running (at shutdown)."""
         if self._drains:
             await asyncio.gather(*self._drains, return_exceptions=True)
+
+
+def hold_lanes(
+    one: Callable[[HoldRequest], Awaitable[int | None]],
+    many: Callable[[Sequence[HoldRequest]], Awaitable[dict[str, int]]],
+) -> Lanes[HoldRequest, int]:
+    """Holds: one lane per account (the row they all lock)."""
+    return Lanes(one, many, lane=lambda hold: hold.account_id, ident=lambda hold: hold.request_id)
+
+
+def settle_lanes(
+    one: Callable[[SettleRequest], Awaitable[FinishedRequest | None]],
+    many: Callable[[Sequence[SettleRequest]], Awaitable[dict[str, FinishedRequest]]],
+) -> Lanes[SettleRequest, FinishedRequest]:
+    """Settles: one lane per process (they lock only their own request_log rows; batching
+    saves the statements and commits, not lock waits)."""
+    return Lanes(one, many, lane=lambda _: "settles", ident=lambda settle: settle.request_id)

@@ -197,6 +197,24 @@ logged AS (
 SELECT f.held_micros, f.cost_micros, f.model, r.refund, r.balance_micros AS balance_after
 FROM finished AS f LEFT JOIN refunded AS r ON true"""
 
+#: Many settles that refund nothing (cost >= hold), in one statement: the same once-only
+#: switch as FINISH (`state = 'pending'`), and nothing else to write, since a settle that
+#: keeps the whole hold moves no money. A request whose hold is above its cost (a refund is
+#: due), or that is no longer pending, is not returned: its caller runs FINISH alone, which
+#: refunds, or reports the lost race.
+SETTLE_BATCH_SQL = """\
+UPDATE request_log AS r
+SET state = 'settled', cost_micros = r.held_micros, images = i.images,
+    status_code = i.status_code, error_code = i.error_code, latency_ms = i.latency_ms,
+    route = i.route, finished_at = now()
+FROM unnest(
+    CAST(:request_ids AS TEXT[]), CAST(:costs AS BIGINT[]), CAST(:images AS INTEGER[]),
+    CAST(:status_codes AS INTEGER[]), CAST(:error_codes AS TEXT[]),
+    CAST(:latencies AS INTEGER[]), CAST(:routes AS TEXT[])
+) AS i(request_id, cost, images, status_code, error_code, latency_ms, route)
+WHERE r.id = i.request_id AND r.state = 'pending' AND r.held_micros <= i.cost
+RETURNING r.id, r.held_micros, r.model"""
+
 CREDIT_SQL = f"""\
 WITH moved AS (
     UPDATE accounts SET balance_micros = balance_micros + CAST(:amount AS BIGINT)
@@ -225,5 +243,6 @@ LIMIT :limit"""
 HOLD: TextClause = text(HOLD_SQL)
 HOLD_BATCH: TextClause = text(HOLD_BATCH_SQL)
 FINISH: TextClause = text(FINISH_SQL)
+SETTLE_BATCH: TextClause = text(SETTLE_BATCH_SQL)
 CREDIT: TextClause = text(CREDIT_SQL)
 STALE_PENDING: TextClause = text(STALE_PENDING_SQL)

@@ -93,6 +93,20 @@ class HoldRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class SettleRequest:
+    """One request's settle (`finish_if_pending` with new_state 'settled')."""
+
+    request_id: str
+    cost_micros: int
+    images: int
+    status_code: int | None
+    error_code: str | None
+    latency_ms: int | None
+    note: str
+    route: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class HoldFacts:
     """What a refused hold saw, read after the fact to explain the refusal."""
 
@@ -451,6 +465,32 @@ class LedgerRepository:
             balance_after_micros=balance,
             model=finished.model,
         )
+
+    async def settle_batch_keeping_holds(
+        self, settles: Sequence[SettleRequest]
+    ) -> dict[str, FinishedRequest]:
+        """Postgres: pending -> settled for every request whose cost covers its hold (nothing
+        to refund), in one statement; the others are left as they are (not returned)."""
+        params = {
+            "request_ids": [s.request_id for s in settles],
+            "costs": [s.cost_micros for s in settles],
+            "images": [s.images for s in settles],
+            "status_codes": [s.status_code for s in settles],
+            "error_codes": [s.error_code for s in settles],
+            "latencies": [s.latency_ms for s in settles],
+            "routes": [s.route for s in settles],
+        }
+        result = await self._conn.execute(postgres_sql.SETTLE_BATCH, params)
+        return {
+            row.id: FinishedRequest(
+                held_micros=int(row.held_micros),
+                cost_micros=int(row.held_micros),
+                refund_micros=0,
+                balance_after_micros=None,
+                model=row.model,
+            )
+            for row in result
+        }
 
     async def request_state(self, request_id: str) -> str | None:
         result = await self._conn.execute(

@@ -69,7 +69,7 @@ from app.errors import (
     ServiceUnavailable,
 )
 from app.keys.cursor import decode_id_cursor
-from app.ledger.batching import ALONE, HoldLanes
+from app.ledger.batching import ALONE, hold_lanes, settle_lanes
 from app.ledger.budgets import (
     BudgetRefused,
     BudgetRepository,
@@ -80,7 +80,12 @@ from app.ledger.budgets import (
 )
 from app.ledger.records import AccountRecord, LedgerRow, SettleOutcome, SettleState, utc_now
 from app.ledger.refusals import account_not_found, hold_refusal, key_refusal, usd
-from app.ledger.repository import FinishedRequest, HoldRequest, LedgerRepository
+from app.ledger.repository import (
+    FinishedRequest,
+    HoldRequest,
+    LedgerRepository,
+    SettleRequest,
+)
 from app.money import MAX_AMOUNT_MICROS, MoneyError, check_amount, max_usd_text
 from app.observability import metrics, tracing
 from app.observability.facts import note_model, note_settled
@@ -157,7 +162,9 @@ class Ledger:
             engine.execution_options(isolation_level="AUTOCOMMIT") if self._postgres else engine
         )
         #: Postgres: per hot account, one hold statement in flight, the rest batched
-        self._lanes = HoldLanes(self._debit_alone, self._debit_batch)
+        self._lanes = hold_lanes(self._debit_alone, self._debit_batch)
+        #: Postgres: one settle statement in flight per process, the rest batched
+        self._settles = settle_lanes(self._settle_alone, self._settle_batch)
 
     # units of work ---------------------------------------------------------------------
     @asynccontextmanager
@@ -360,7 +367,7 @@ class Ledger:
         request_id = hold.request_id
         try:
             if self._postgres:
-                held = await self._lanes.hold(hold)  # alone, or in a batch if the account is hot
+                held = await self._lanes.run(hold)  # alone, or in a batch if the account is hot
                 if held is ALONE:
                     held = await self._debit_alone(hold)
                 if held is not None:
@@ -596,6 +603,63 @@ class Ledger:
         note: str,
         route: str | None = None,
     ) -> FinishedRequest | None:
+        if self._postgres and new_state == "settled":
+            settle = SettleRequest(
+                request_id=request_id,
+                cost_micros=cost_micros,
+                images=images,
+                status_code=status_code,
+                error_code=error_code,
+                latency_ms=latency_ms,
+                note=note,
+                route=route,
+            )
+            done = await self._settles.run(settle)  # alone, or batched if settles pile up
+            if done is not ALONE:
+                return done
+        return await self._finish_alone(
+            request_id=request_id,
+            new_state=new_state,
+            cost_micros=cost_micros,
+            images=images,
+            status_code=status_code,
+            error_code=error_code,
+            latency_ms=latency_ms,
+            note=note,
+            route=route,
+        )
+
+    async def _settle_alone(self, settle: SettleRequest) -> FinishedRequest | None:
+        return await self._finish_alone(
+            request_id=settle.request_id,
+            new_state="settled",
+            cost_micros=settle.cost_micros,
+            images=settle.images,
+            status_code=settle.status_code,
+            error_code=settle.error_code,
+            latency_ms=settle.latency_ms,
+            note=settle.note,
+            route=settle.route,
+        )
+
+    async def _settle_batch(self, settles: Sequence[SettleRequest]) -> dict[str, FinishedRequest]:
+        """Postgres: the settles that refund nothing, in one statement (`SETTLE_BATCH`)."""
+        async with self._atomic() as repo:
+            return await repo.settle_batch_keeping_holds(settles)
+
+    async def _finish_alone(
+        self,
+        *,
+        request_id: str,
+        new_state: str,
+        cost_micros: int,
+        images: int,
+        status_code: int | None,
+        error_code: str | None,
+        latency_ms: int | None,
+        note: str,
+        route: str | None = None,
+    ) -> FinishedRequest | None:
         for attempt in range(_HOLD_ATTEMPTS):
             try:
                 async with self._atomic() as repo:
@@ -632,6 +696,7 @@ class Ledger:
     async def wait_idle(self) -> None:
         """Wait for shielded settles still running (call at shutdown, before engine.dispose)."""
         await self._lanes.wait_idle()
+        await self._settles.wait_idle()
         if self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
 

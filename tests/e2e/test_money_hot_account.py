@@ -28,7 +28,6 @@ from tests.e2e.test_money_multiprocess import (
     start_gateways,
     write_catalog,
 )
-from tests.mocks.openai_upstream import MockOpenAIUpstream
 from tests.support.books import assert_books_balance
 
 pytestmark = pytest.mark.slow

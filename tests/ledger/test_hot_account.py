@@ -27,7 +27,7 @@ from app.errors import (
     PermissionDenied,
 )
 from app.ledger import Ledger
-from app.ledger.batching import ALONE, HoldLanes
+from app.ledger.batching import ALONE, hold_lanes
 from app.ledger.budgets import Budget, BudgetRepository
 from app.ledger.repository import HoldRequest
 from tests.support.books import assert_books_balance
@@ -99,7 +99,7 @@ async def test_a_hot_account_is_held_in_batches_exactly(
     balances = sorted(r for r in results if isinstance(r, int))
     # every hold saw its own balance: no two took the same money
     assert balances == [PRICE // 2 + i * PRICE for i in range(n)]
-    assert ledger._lanes.batches > 0 and ledger._lanes.batched_holds > n // 2
+    assert ledger._lanes.batches > 0 and ledger._lanes.batched > n // 2
     charges, statements = await statements_per_charge(engine, account)
     assert charges == n and statements < n // 4
     assert await assert_books_balance(engine, account) == PRICE // 2
@@ -183,14 +183,14 @@ async def test_a_waiter_cancelled_before_its_batch_writes_nothing() -> None:
         batches.append(ids)
         return dict.fromkeys(ids[:-1], 7)  # the last one is "not held": its caller goes alone
 
-    lanes = HoldLanes(hold_one, hold_many)
+    lanes = hold_lanes(hold_one, hold_many)
 
     def request(request_id: str) -> HoldRequest:
         return HoldRequest(request_id, "acct", "key", "m", PRICE)
 
-    first = asyncio.create_task(lanes.hold(request("r0")))
+    first = asyncio.create_task(lanes.run(request("r0")))
     await asyncio.sleep(0)
-    waiting = [asyncio.create_task(lanes.hold(request(f"r{i}"))) for i in range(1, 5)]
+    waiting = [asyncio.create_task(lanes.run(request(f"r{i}"))) for i in range(1, 5)]
     await asyncio.sleep(0)
     waiting[1].cancel()  # r2 gives up while r0's statement is still running
     release.set()
@@ -202,3 +202,55 @@ async def test_a_waiter_cancelled_before_its_batch_writes_nothing() -> None:
     assert isinstance(results[1], asyncio.CancelledError)
     await lanes.wait_idle()
     assert lanes._lanes == {}  # the lane is freed once nothing waits
+
+
+@pytest.mark.usefixtures("postgres_only")
+async def test_settles_that_keep_their_hold_are_batched_and_refunds_stay_exact(
+    engine: AsyncEngine, ledger: Ledger
+) -> None:
+    n = 300
+    account = await make_account(engine, n * PRICE)
+    key, _ = await make_key(engine, account)
+    requests = [rid() for _ in range(n)]
+    await asyncio.gather(
+        *(
+            ledger.hold(
+                request_id=r, account_id=account, key_id=key, model="m", amount_micros=PRICE
+            )
+            for r in requests
+        )
+    )
+    # a third keeps the hold, a third is refunded in full, a third asks for more than its hold
+    costs = [(PRICE, 0, PRICE + 5)[i % 3] for i in range(n)]
+    outcomes = await asyncio.gather(
+        *(
+            ledger.settle(request_id=r, cost_micros=c, images=1 if c else 0)
+            for r, c in zip(requests, costs, strict=True)
+        ),
+        *(ledger.settle(request_id=r, cost_micros=PRICE, images=1) for r in requests[:30]),
+    )
+
+    assert ledger._settles.batches > 0 and ledger._settles.batched >= n // 3
+    firsts, seconds = outcomes[:n], outcomes[n:]
+    # each request settled exactly once, whoever came first; a second settle changes nothing
+    for first, second in zip(firsts[:30], seconds, strict=True):
+        assert sorted([first.state, second.state]) == ["already_settled", "settled"]
+    settled = {o.request_id: o for o in outcomes if o.state == "settled"}
+    assert len(settled) == n
+    kept = sum(o.cost_micros for o in settled.values())
+    refunded = sum(o.refunded_micros for o in settled.values())
+    assert kept == (n - n // 3) * PRICE and refunded == (n // 3) * PRICE
+    assert await assert_books_balance(engine, account) == (n // 3) * PRICE
+    async with engine.connect() as connection:
+        states = dict(
+            (
+                await connection.execute(
+                    text(
+                        "SELECT state, count(*) FROM request_log WHERE account_id = :a "
+                        "GROUP BY state"
+                    ),
+                    {"a": account},
+                )
+            ).all()
+        )
+    assert states == {"settled": n}
