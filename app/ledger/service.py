@@ -12,6 +12,11 @@ Invariants, on every backend, under any concurrency across any number of process
 4. Nothing is lost: a hold whose process died stays `pending` and is refunded in full by any
    process's `Sweeper` after the hold timeout.
 
+A hot account (holds waiting on each other in one process) is held in batches, and settles
+that refund nothing are settled in batches: each batch is still ONE atomic statement, and
+whatever a batch does not do is done alone by the single-statement path
+(`app.ledger.batching`, docs/decisions.md "The hot account").
+
 Every method here is one atomic unit of work and commits it itself: the hold must be durable
 before the upstream call starts, and on Postgres every money movement is ONE statement on an
 AUTOCOMMIT connection (one round trip, the account row locked only for that statement), see
