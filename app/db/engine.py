@@ -7,6 +7,21 @@ a busy timeout so several connections (and the CLI beside a running server) can 
 Every wait on the database is bounded (`GATEWAY_DB_CONNECT_TIMEOUT_S`, `GATEWAY_DB_POOL_TIMEOUT_S`,
 `GATEWAY_DB_STATEMENT_TIMEOUT_S`), and `app.db.faults` turns an outage into a 503 at this one
 boundary, so a frozen or unreachable database is an answer within seconds, never a hang.
+
+The pool is SQLAlchemy's own (no overflow), with its queue counted (`CountedPool`): a checkout
+that finds no idle connection and must wait is a wait in `app.pools.Waits`, whoever asked, so
+`pool_gauge(engine)` publishes the database pool's queueing signal (`app.pools`).
+
+Sizing (`GATEWAY_DB_POOL_SIZE`, default 20 per process): a connection is held for one statement
+(about 1-3 ms), never across a provider call, so 20 connections carry thousands of requests in
+flight; what they must fit is Postgres's `max_connections` (100 by default, 3 of them reserved
+for superusers) across every process of every replica:
+
+    pool_size x workers x replicas + ~10 (CLI, migrations, monitoring) <= max_connections - 3
+
+With the defaults that is 4 processes (20 x 4 + 10 = 90 <= 97), e.g. 2 replicas x 2 workers;
+beyond, lower the pool (10 fits 8 processes) or raise `max_connections`. A process past the
+limit gets "too many clients" (503) under load, not at start: `serve` prints the arithmetic.
 """
 
 from __future__ import annotations
@@ -23,9 +38,11 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
+from sqlalchemy.util.queue import AsyncAdaptedQueue, Empty
 
 from app.db import faults
+from app.pools import PoolGauge, Waits
 from app.settings import Settings, normalize_database_url
 
 
@@ -37,6 +54,71 @@ def is_sqlite_url(url: str) -> bool:
 #: server cancels a slow statement itself (and the connection stays usable); the client-side
 #: limit is for a database, or a network path to it, that has stopped answering altogether
 CLIENT_GRACE_S = 5.0
+
+
+class CountedQueue(AsyncAdaptedQueue[ConnectionPoolEntry]):
+    """The pool's queue of idle connections; a blocking `get` that finds none is a wait."""
+
+    waits: Waits
+
+    def get(self, block: bool = True, timeout: float | None = None) -> ConnectionPoolEntry:
+        if not block:
+            return super().get(block, timeout)
+        try:
+            return self.get_nowait()
+        except Empty:
+            pass
+        self.waits.begin()
+        try:
+            return super().get(block, timeout)
+        finally:
+            self.waits.end()
+
+
+class CountedPool(AsyncAdaptedQueuePool):
+    """SQLAlchemy's asyncio pool with its waits counted (`CountedQueue`).
+
+    QueuePool blocks on its queue only once all `pool_size` connections exist and none is idle
+    (before that a checkout opens a connection), so every wait counted is a caller queued for
+    a busy pool. The counts survive `engine.dispose()` (which recreates the pool)."""
+
+    _queue_class = CountedQueue
+
+    def __init__(self, creator: Any, pool_size: int = 5, **kwargs: Any) -> None:
+        super().__init__(creator, pool_size=pool_size, **kwargs)
+        self.queue.waits = Waits("database", pool_size)
+
+    @property
+    def queue(self) -> CountedQueue:
+        queue = self._pool
+        assert isinstance(queue, CountedQueue)
+        return queue
+
+    @property
+    def waits(self) -> Waits:
+        return self.queue.waits
+
+    def recreate(self) -> CountedPool:
+        fresh = super().recreate()
+        assert isinstance(fresh, CountedPool)
+        fresh.queue.waits = self.waits
+        return fresh
+
+
+def pool_gauge(engine: AsyncEngine) -> PoolGauge | None:
+    """The database pool's size, use and waits for metrics (None: not a `CountedPool`)."""
+    pool = engine.sync_engine.pool
+    if not isinstance(pool, CountedPool):
+        return None
+    waits = pool.waits
+
+    def in_use() -> int:
+        current = engine.sync_engine.pool  # replaced by engine.dispose()
+        return current.checkedout() if isinstance(current, CountedPool) else 0
+
+    return PoolGauge(
+        "database", pool.size(), in_use, lambda: waits.now, lambda: waits.total, waits.seconds
+    )
 
 
 def make_engine(
@@ -63,7 +145,10 @@ def make_engine(
         # connection makes them queue in asyncio instead, in arrival order; the queue moves
         # one statement at a time, so a waiter may need a statement timeout on top.
         kwargs.update(
-            pool_size=1, max_overflow=0, pool_timeout=pool_timeout_s + statement_timeout_s
+            poolclass=CountedPool,
+            pool_size=1,
+            max_overflow=0,
+            pool_timeout=pool_timeout_s + statement_timeout_s,
         )
     else:
         kwargs["connect_args"] = {
@@ -75,7 +160,11 @@ def make_engine(
         # above the pool size paid a fresh Postgres session (TLS-less, still ~3 ms of CPU on
         # both sides) for ~0.24 of all requests at 32 in flight. Beyond the pool, wait.
         kwargs.update(
-            pool_size=pool_size, max_overflow=0, pool_timeout=pool_timeout_s, pool_pre_ping=False
+            poolclass=CountedPool,
+            pool_size=pool_size,
+            max_overflow=0,
+            pool_timeout=pool_timeout_s,
+            pool_pre_ping=False,
         )
     engine = create_async_engine(url, **kwargs)
     if is_sqlite_url(url):
