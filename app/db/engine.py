@@ -21,16 +21,18 @@ for superusers) across every process of every replica:
 
 With the defaults that is 4 processes (20 x 4 + 10 = 90 <= 97), e.g. 2 replicas x 2 workers;
 beyond, lower the pool (10 fits 8 processes) or raise `max_connections`. A process past the
-limit gets "too many clients" (503) under load, not at start: `serve` prints the arithmetic.
+limit gets "too many clients" (503) under load, not at start: `serve` logs the arithmetic
+(`connection_budget`), as a warning when one replica alone does not fit.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -119,6 +121,53 @@ def pool_gauge(engine: AsyncEngine) -> PoolGauge | None:
     return PoolGauge(
         "database", pool.size(), in_use, lambda: waits.now, lambda: waits.total, waits.seconds
     )
+
+
+#: connections of `max_connections` the gateway's pools must leave free: Postgres's
+#: superuser_reserved_connections (3) and ~10 for the CLI, migrations and monitoring
+RESERVED_CONNECTIONS = 13
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionBudget:
+    """How many replicas of this process layout Postgres's `max_connections` can carry."""
+
+    pool_size: int
+    workers: int
+    max_connections: int
+
+    @property
+    def per_replica(self) -> int:
+        return self.pool_size * self.workers
+
+    @property
+    def replicas(self) -> int:
+        return max(0, self.max_connections - RESERVED_CONNECTIONS) // self.per_replica
+
+    def describe(self) -> str:
+        text = (
+            f"database pool: {self.pool_size} connections x {self.workers} worker(s) = "
+            f"{self.per_replica} per replica; Postgres max_connections {self.max_connections} "
+            f"(less {RESERVED_CONNECTIONS} kept free) carries {self.replicas} such replica(s)"
+        )
+        if self.replicas == 0:
+            fits = max(1, (self.max_connections - RESERVED_CONNECTIONS) // self.workers)
+            text += (
+                f": requests will fail with 'too many clients' under load; set "
+                f"GATEWAY_DB_POOL_SIZE to at most {fits} or raise max_connections"
+            )
+        return text
+
+
+async def max_connections(engine: AsyncEngine) -> int | None:
+    """Postgres's `max_connections` (None on SQLite, or when it cannot be read)."""
+    if engine.dialect.name != "postgresql":
+        return None
+    try:
+        async with engine.connect() as conn:
+            return int((await conn.execute(text("SHOW max_connections"))).scalar_one())
+    except Exception:  # preflight already reported an unusable database; this is advice only
+        return None
 
 
 def make_engine(
