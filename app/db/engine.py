@@ -27,7 +27,12 @@ limit gets "too many clients" (503) under load, not at start: `serve` logs the a
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
 import math
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +46,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
+from sqlalchemy.util.concurrency import await_
 from sqlalchemy.util.queue import AsyncAdaptedQueue, Empty
 
 from app.db import faults
@@ -58,10 +64,45 @@ def is_sqlite_url(url: str) -> bool:
 CLIENT_GRACE_S = 5.0
 
 
+#: set by `urgent_checkouts()`: this task's checkouts go ahead of every other waiter
+_URGENT: ContextVar[bool] = ContextVar("db_checkout_urgent", default=False)
+
+
+@contextlib.contextmanager
+def urgent_checkouts() -> Iterator[None]:
+    """Checkouts inside go to the head of the pool's queue (first come among the urgent).
+
+    For the few statements that gate many requests at once, e.g. a batch of holds (the start
+    of up to a hundred provider calls), which must not wait behind a thousand single settles
+    in a busy pool. Bounded by design: the caller keeps at most one such statement in flight
+    per account, so ordinary checkouts are delayed by one statement at most, never starved.
+    """
+    token = _URGENT.set(True)
+    try:
+        yield
+    finally:
+        _URGENT.reset(token)
+
+
 class CountedQueue(AsyncAdaptedQueue[ConnectionPoolEntry]):
-    """The pool's queue of idle connections; a blocking `get` that finds none is a wait."""
+    """The pool's queue of idle connections; a blocking `get` that finds none is a wait.
+
+    A returned connection goes to the oldest urgent waiter if there is one (`urgent_checkouts`),
+    else into the queue, whose waiters are served first come, first served."""
 
     waits: Waits
+
+    def __init__(self, maxsize: int = 0, use_lifo: bool = False) -> None:
+        super().__init__(maxsize, use_lifo)
+        self._urgent: collections.deque[asyncio.Future[ConnectionPoolEntry]] = collections.deque()
+
+    def put_nowait(self, item: ConnectionPoolEntry) -> None:
+        while self._urgent:
+            waiter = self._urgent.popleft()
+            if not waiter.done():
+                waiter.set_result(item)
+                return
+        super().put_nowait(item)
 
     def get(self, block: bool = True, timeout: float | None = None) -> ConnectionPoolEntry:
         if not block:
@@ -72,9 +113,28 @@ class CountedQueue(AsyncAdaptedQueue[ConnectionPoolEntry]):
             pass
         self.waits.begin()
         try:
+            if _URGENT.get():
+                return await_(self._get_urgently(timeout))
             return super().get(block, timeout)
         finally:
             self.waits.end()
+
+    async def _get_urgently(self, patience_s: float | None) -> ConnectionPoolEntry:
+        waiter: asyncio.Future[ConnectionPoolEntry] = asyncio.get_running_loop().create_future()
+        self._urgent.append(waiter)
+        try:
+            async with asyncio.timeout(patience_s):
+                return await waiter
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled():
+                self.put_nowait(waiter.result())  # served just as it gave up: pass it on
+            else:
+                waiter.cancel()
+                with contextlib.suppress(ValueError):
+                    self._urgent.remove(waiter)
+            if isinstance(exc, TimeoutError):
+                raise Empty() from exc
+            raise
 
 
 class CountedPool(AsyncAdaptedQueuePool):

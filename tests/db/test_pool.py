@@ -12,9 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import sqlalchemy.exc
 from sqlalchemy import text
 
-from app.db.engine import CountedPool, make_engine, pool_gauge
+from app.db.engine import CountedPool, make_engine, pool_gauge, urgent_checkouts
 from tests.support.clock import FakeClock
 
 pytestmark = pytest.mark.anyio
@@ -77,5 +78,59 @@ async def test_the_counts_survive_a_dispose(tmp_path: Path) -> None:
         async with engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
             assert gauge.in_use() == 1
+    finally:
+        await engine.dispose()
+
+
+async def test_an_urgent_checkout_is_served_before_the_queue_and_then_the_queue_in_order(
+    database_url: str,
+) -> None:
+    engine = make_engine(database_url, pool_size=1)
+    served: list[str] = []
+
+    async def statement(name: str) -> None:
+        async with engine.connect() as conn:
+            served.append(name)
+            await conn.execute(text("SELECT 1"))
+
+    async def urgent(name: str) -> None:
+        with urgent_checkouts():
+            await statement(name)
+
+    try:
+        gauge = pool_gauge(engine)
+        assert gauge is not None
+        async with engine.connect() as busy:
+            await busy.execute(text("SELECT 1"))
+            tasks = [asyncio.create_task(statement("settle-1"))]
+            await until(lambda: gauge.waiting() == 1, "settle-1 queues")
+            tasks.append(asyncio.create_task(statement("settle-2")))
+            await until(lambda: gauge.waiting() == 2, "settle-2 queues")
+            tasks.append(asyncio.create_task(urgent("hold-batch")))
+            await until(lambda: gauge.waiting() == 3, "the batch queues")
+        await asyncio.gather(*tasks)
+        assert served == ["hold-batch", "settle-1", "settle-2"]
+        assert (gauge.in_use(), gauge.waiting(), gauge.waits()) == (0, 0, 3)
+    finally:
+        await engine.dispose()
+
+
+async def test_an_urgent_checkout_that_times_out_leaves_the_pool_whole(tmp_path: Path) -> None:
+    engine = make_engine(
+        f"sqlite:///{tmp_path}/pool.db", pool_size=1, pool_timeout_s=0.05, statement_timeout_s=0.05
+    )
+    try:
+        gauge = pool_gauge(engine)
+        assert gauge is not None
+        async with engine.connect() as busy:
+            await busy.execute(text("SELECT 1"))
+            with pytest.raises(sqlalchemy.exc.TimeoutError), urgent_checkouts():
+                async with engine.connect():
+                    pass
+            assert (gauge.waiting(), gauge.waits()) == (0, 1)
+        # the connection went back to the pool, not to the urgent waiter that gave up
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT 5"))).scalar_one() == 5
+        assert (gauge.in_use(), gauge.waits()) == (0, 1)
     finally:
         await engine.dispose()
