@@ -29,8 +29,9 @@ from app.catalog.account_pricing import AccountPricing
 from app.catalog.live import CatalogSnapshot, LiveCatalog
 from app.catalog.loader import Catalog, load_catalog
 from app.catalog.reload import CatalogReloader, reload_on_sighup
-from app.db.engine import engine_for, pool_gauge
+from app.db.engine import engine_for
 from app.db.models import Account
+from app.db.pool import pool_gauge
 from app.images.admission import Admissions
 from app.images.breaker import Breaker, Event, Transition, make_breaker
 from app.images.routing import Router

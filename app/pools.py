@@ -20,7 +20,7 @@ seconds are exact, not sampled: `Waits` integrates the queue length over time on
 Where the counts come from:
 - upstream: `Occupancy`, entered and left around every provider call (`app.upstream_client`);
   a caller beyond `size` is queued inside aiohttp's connector.
-- database: `CountedQueue`, the queue of connections inside SQLAlchemy's pool (`app.db.engine`):
+- database: `CountedQueue`, the queue of connections inside SQLAlchemy's pool (`app.db.pool`):
   a checkout that finds it empty and must block is a wait, whoever asked (ledger, keys, admin).
 
 The hot path pays nothing while a pool has room: the clock is read only when a wait begins or

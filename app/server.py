@@ -30,8 +30,9 @@ import uvicorn
 from uvicorn.supervisors import Multiprocess
 
 from app.bootstrap import demo_banner, ensure_demo_key
-from app.db.engine import ConnectionBudget, engine_for, max_connections
+from app.db.engine import engine_for
 from app.db.migrate import upgrade
+from app.db.pool import ConnectionBudget, max_connections
 from app.observability.multiproc import metrics_directory, worker_died
 from app.observability.setup import configure_process_logging
 from app.preflight import check_catalog, check_services

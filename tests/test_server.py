@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from app.db.engine import RESERVED_CONNECTIONS, ConnectionBudget, make_engine, max_connections
+from app.db.engine import make_engine
+from app.db.pool import RESERVED_CONNECTIONS, ConnectionBudget, max_connections
 from app.server import UVICORN_BACKLOG, log_connection_budget, uvicorn_config
 from app.settings import Settings
 

@@ -15,7 +15,8 @@ import pytest
 import sqlalchemy.exc
 from sqlalchemy import text
 
-from app.db.engine import CountedPool, make_engine, pool_gauge, urgent_checkouts
+from app.db.engine import make_engine
+from app.db.pool import CountedPool, pool_gauge, urgent_checkouts
 from tests.support.clock import FakeClock
 
 pytestmark = pytest.mark.anyio
