@@ -16,6 +16,9 @@ every pool publishes (`Gateway.pools`, sampled twice a second by `app.observabil
 `rate(wait_seconds_total) / rate(waits_total)` the average wait: a pool that is the bottleneck
 shows as a climbing `wait_seconds_total`, even when each wait is shorter than a sample. The
 seconds are exact, not sampled: `Waits` integrates the queue length over time on each change.
+A queue with a lagging event loop (`image_gateway_event_loop_lag_seconds`) is the CPU's, not
+the pool's: connections sit checked out while their tasks wait for the loop (Postgres shows
+them `idle`), and a larger pool would not help.
 
 Where the counts come from:
 - upstream: `Occupancy`, entered and left around every provider call (`app.upstream_client`);
@@ -81,7 +84,7 @@ class Waits:
             self._warned_at = at
             logger.warning(
                 "%s pool exhausted: %d requests waiting for one of %d connections "
-                "(raise its size if this persists)",
+                "(if this persists while the event-loop lag is low, raise its size)",
                 self.name,
                 self.now,
                 self.size,

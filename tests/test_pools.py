@@ -72,7 +72,7 @@ def test_waits_warn_at_most_once_a_minute(caplog: pytest.LogCaptureFixture) -> N
         messages
         == [
             "database pool exhausted: 1 requests waiting for one of 20 connections "
-            "(raise its size if this persists)"
+            "(if this persists while the event-loop lag is low, raise its size)"
         ]
         * 2
     )
