@@ -31,6 +31,7 @@ from app.catalog.loader import Catalog, load_catalog
 from app.catalog.reload import CatalogReloader, reload_on_sighup
 from app.db.engine import engine_for
 from app.db.models import Account
+from app.db.pool import pool_gauge
 from app.images.admission import Admissions
 from app.images.breaker import Breaker, Event, Transition, make_breaker
 from app.images.routing import Router
@@ -99,7 +100,12 @@ def build_adapters(catalog: Catalog, context: AdapterContext) -> dict[str, Image
 
 
 def pool_gauges(gateway: Gateway) -> list[PoolGauge]:
-    gauges = [gateway.ledger.occupancy.gauge()]
+    """The database pool as SQLAlchemy's queue sees it (every statement, not only the ledger's)
+    and the upstream pool (`app.pools`)."""
+    gauges = []
+    database = pool_gauge(gateway.engine)
+    if database is not None:
+        gauges.append(database)
     upstream = upstream_occupancy(gateway.http)
     if upstream is not None:
         gauges.append(upstream.gauge())

@@ -7,6 +7,9 @@ a busy timeout so several connections (and the CLI beside a running server) can 
 Every wait on the database is bounded (`GATEWAY_DB_CONNECT_TIMEOUT_S`, `GATEWAY_DB_POOL_TIMEOUT_S`,
 `GATEWAY_DB_STATEMENT_TIMEOUT_S`), and `app.db.faults` turns an outage into a 503 at this one
 boundary, so a frozen or unreachable database is an answer within seconds, never a hang.
+
+The pool is SQLAlchemy's own, no overflow, with its queue counted and its size checked against
+Postgres's `max_connections` (`app.db.pool`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from app.db import faults
+from app.db.pool import CountedPool
 from app.settings import Settings, normalize_database_url
 
 
@@ -63,7 +67,10 @@ def make_engine(
         # connection makes them queue in asyncio instead, in arrival order; the queue moves
         # one statement at a time, so a waiter may need a statement timeout on top.
         kwargs.update(
-            pool_size=1, max_overflow=0, pool_timeout=pool_timeout_s + statement_timeout_s
+            poolclass=CountedPool,
+            pool_size=1,
+            max_overflow=0,
+            pool_timeout=pool_timeout_s + statement_timeout_s,
         )
     else:
         kwargs["connect_args"] = {
@@ -75,7 +82,11 @@ def make_engine(
         # above the pool size paid a fresh Postgres session (TLS-less, still ~3 ms of CPU on
         # both sides) for ~0.24 of all requests at 32 in flight. Beyond the pool, wait.
         kwargs.update(
-            pool_size=pool_size, max_overflow=0, pool_timeout=pool_timeout_s, pool_pre_ping=False
+            poolclass=CountedPool,
+            pool_size=pool_size,
+            max_overflow=0,
+            pool_timeout=pool_timeout_s,
+            pool_pre_ping=False,
         )
     engine = create_async_engine(url, **kwargs)
     if is_sqlite_url(url):

@@ -11,6 +11,7 @@
     image_gateway_idempotency_replays_total                    stored answers replayed
     image_gateway_rate_limit_refusals_total{limit}             rpm, concurrency
     image_gateway_pool_size|in_use|waiting{pool}, image_gateway_pool_waits_total{pool}
+    image_gateway_pool_wait_seconds_total{pool}                time callers spent queued
     image_gateway_database_errors_total                        the database failed a request
     image_gateway_event_loop_lag_seconds                       sampled scheduling delay
 
@@ -148,6 +149,12 @@ POOL_WAITING = Gauge(
 POOL_WAITS = Counter(
     f"{PREFIX}_pool_waits",
     "Callers that found the pool full and had to wait.",
+    ["pool"],
+)
+POOL_WAIT_SECONDS = Counter(
+    f"{PREFIX}_pool_wait_seconds",
+    "Seconds callers spent queued for a connection, all together (exact, not sampled): "
+    "its rate is the average queue length, divided by the rate of waits the average wait.",
     ["pool"],
 )
 DATABASE_ERRORS = Counter(

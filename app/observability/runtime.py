@@ -3,6 +3,7 @@
     every INTERVAL_S:  lag = how late the loop woke us up  ─▶ event_loop_lag_seconds
                        each pool's size, in use, waiting   ─▶ pool_* gauges
                        new waits since the last sample     ─▶ pool_waits_total
+                       seconds queued since the last sample ─▶ pool_wait_seconds_total
 
 Sampling instead of updating gauges on every pool entry keeps the hot path free of metric
 writes (in multiprocess mode each is a locked write to a memory-mapped file), and it is what
@@ -33,6 +34,7 @@ class RuntimeSampler:
         self._pools = pools
         self._interval_s = interval_s
         self._waits_seen: dict[str, int] = {}
+        self._wait_seconds_seen: dict[str, float] = {}
 
     def sample_pools(self) -> None:
         for pool in self._pools():
@@ -44,6 +46,11 @@ class RuntimeSampler:
             if new > 0:
                 metrics.POOL_WAITS.labels(pool.name).inc(new)
             self._waits_seen[pool.name] = waits
+            seconds = pool.wait_seconds()
+            queued = seconds - self._wait_seconds_seen.get(pool.name, 0.0)
+            if queued > 0:
+                metrics.POOL_WAIT_SECONDS.labels(pool.name).inc(queued)
+            self._wait_seconds_seen[pool.name] = seconds
 
     async def run_forever(self) -> None:
         loop = asyncio.get_running_loop()

@@ -9,6 +9,7 @@ from prometheus_client import REGISTRY
 
 from app.observability.runtime import RuntimeSampler
 from app.pools import Occupancy
+from tests.support.clock import FakeClock
 
 
 def value(name: str, **labels: str) -> float:
@@ -32,6 +33,26 @@ def test_pools_are_published_with_their_waits() -> None:
     assert value("image_gateway_pool_waiting", pool="sampler-test") == 0
     assert value("image_gateway_pool_in_use", pool="sampler-test") == 0
     assert value("image_gateway_pool_waits_total", pool="sampler-test") - waits_before == 2
+
+
+def test_seconds_queued_are_published_as_exact_deltas() -> None:
+    clock = FakeClock()
+    pool = Occupancy("sampler-seconds", size=1, clock=clock)
+    sampler = RuntimeSampler(lambda: [pool.gauge()])
+    before = value("image_gateway_pool_wait_seconds_total", pool="sampler-seconds")
+    sampler.sample_pools()
+    pool.enter()
+    pool.enter()  # queued
+    clock.advance(2.0)
+    sampler.sample_pools()  # a wait still in progress is published as far as it has got
+    assert value("image_gateway_pool_wait_seconds_total", pool="sampler-seconds") - before == 2.0
+    clock.advance(0.25)
+    pool.leave()  # the waiter gets the slot after 2.25 s
+    clock.advance(10.0)  # time with nobody queued adds nothing
+    sampler.sample_pools()
+    sampler.sample_pools()
+    assert value("image_gateway_pool_wait_seconds_total", pool="sampler-seconds") - before == 2.25
+    assert value("image_gateway_pool_waits_total", pool="sampler-seconds") == 1
 
 
 def test_a_blocked_loop_shows_as_lag() -> None:
