@@ -146,6 +146,9 @@ def test_everything_but_the_images_is_bounded(raw: bytes) -> None:
         b'{"model": "m", "prompt": "' + b"\x01" * (INLINE_MAX + 10) + b'"}',
         b'{"model": "m", "prompt": "bad \\q escape ' + b"x" * INLINE_MAX + b'"}',
         b'{"model": "m"} trailing',
+        # deeper than orjson writes (Idempotency-Key hash, forwarding): not a 500 later
+        b'{"model": "m", "x": ' + b"[" * 300 + b"]" * 300 + b"}",
+        b'{"model": "m", "x": ' + b'{"a":' * 65 + b"1" + b"}" * 65 + b"}",
     ],
 )
 def test_malformed_bodies_are_400(raw: bytes) -> None:
@@ -161,6 +164,14 @@ def test_a_client_cannot_forge_a_long_string_marker() -> None:
     )
     assert body.fields == {"prompt": forged}
     assert body.decoded().images == [PNG]
+
+
+def test_nesting_up_to_the_limit_is_read() -> None:
+    nested: Any = 1
+    for _ in range(63):
+        nested = [nested]
+    body = split_json_edit(orjson.dumps({"x": nested, "images": [URI]}), max_image_bytes=MAX_IMAGE)
+    assert body.fields == {"x": nested}
 
 
 def test_refusals_are_gateway_errors() -> None:
