@@ -196,6 +196,7 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
             ),
             default_rpm=settings.default_key_rpm,
             default_max_concurrency=settings.default_key_max_concurrency,
+            now=file_clock(settings.clock_file),
         ),
         idempotency=idempotency,
         rate_limiter=rate_limiter,

@@ -89,14 +89,23 @@ async def reject_unstorable_parameters(request: Request) -> None:
 
 async def reject_unknown_query(request: Request) -> None:
     """400 for a query parameter the route does not declare: a typo (`?acount_id=`) must not
-    silently widen a listing to every account, as an unknown body field is refused too."""
+    silently widen a listing to every account, as an unknown body field is refused too.
+    Likewise for one given more than once (`?key_id=a&key_id=b`): every admin query
+    parameter is a single value, and silently keeping the last one would filter by a value
+    the caller may not have meant."""
     route = request.scope.get("route")
     if not isinstance(route, APIRoute) or not request.query_params:
         return
-    unknown = sorted(set(request.query_params) - _query_names(route.dependant))
+    query = request.query_params
+    unknown = sorted(set(query) - _query_names(route.dependant))
     if unknown:
         raise InvalidParameter(
             f"Unknown query parameter {unknown[0]!r} for this route.", param=unknown[0]
+        )
+    if len(query) != len(query.multi_items()):
+        repeated = sorted(name for name in query if len(query.getlist(name)) > 1)
+        raise InvalidParameter(
+            f"The query parameter {repeated[0]!r} is given more than once.", param=repeated[0]
         )
 
 

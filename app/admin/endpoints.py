@@ -24,7 +24,7 @@ Decisions:
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
@@ -229,18 +229,42 @@ async def delete_key(key_id: str, keys: KeysDep, authenticator: AuthenticatorDep
 
 
 # reports -----------------------------------------------------------------------------
+#: what `from` and `to` take: an ISO 8601 date (its midnight), or a date and time with an
+#: optional zone (none is UTC). Nothing else: a bare number is not read as a Unix time.
+INSTANT: Final = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    r"([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.][0-9]{1,6})?)?(Z|[+-][0-9]{2}:[0-9]{2})?)?$"
+)
+_FROM: Final = (
+    "start, inclusive: YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS[.ffffff]][Z|+HH:MM] (UTC without a zone)"
+)
+_TO: Final = "end, exclusive, later than `from`; same forms as `from`"
+
+
+def parse_instant(value: str, param: str) -> datetime:
+    """A `from`/`to` value (already matched against `INSTANT`) as a UTC instant; a date or
+    time that does not exist (2026-02-30, 24:00) is a 400 naming `param`."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidParameter(
+            f"{param} is not a valid date or time: {value!r}.", param=param
+        ) from None
+    return utc_instant(parsed, param)
+
+
 @router.get("/usage", response_model_by_alias=True)
 async def usage(
     reports: ReportsDep,
     account_id: str | None = None,
     key_id: str | None = None,
     model: str | None = None,
-    from_: Annotated[datetime | None, Query(alias="from")] = None,
-    to: datetime | None = None,
+    from_: Annotated[str | None, Query(alias="from", pattern=INSTANT, description=_FROM)] = None,
+    to: Annotated[str | None, Query(pattern=INSTANT, description=_TO)] = None,
     group_by: GroupBy | None = None,
 ) -> UsageOut:
-    since = None if from_ is None else utc_instant(from_, "from")
-    until = None if to is None else utc_instant(to, "to")
+    since = None if from_ is None else parse_instant(from_, "from")
+    until = None if to is None else parse_instant(to, "to")
     if since is not None and until is not None and until <= since:
         raise InvalidParameter("'to' must be later than 'from'.", param="to")
     filters = RequestFilter(

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from app.api.deps import CurrentKey, GatewayDep, read_body, request_ids
+from app.api.json_edit import read_edit_json
 from app.api.multipart import read_edit_form
 from app.api.openapi import body_ref, error_responses
 from app.api.schemas import (
@@ -17,7 +18,6 @@ from app.api.schemas import (
     ImagesResponse,
 )
 from app.api.streaming import ImageEventResponse
-from app.images.edits import JsonUpload, RequestBody
 from app.images.service import CallContext, Endpoint, Result
 from app.images.streaming import ImageEventStream
 from app.keys.auth import AuthenticatedKey
@@ -84,15 +84,16 @@ async def create_generation(request: Request, gateway: GatewayDep, key: CurrentK
 async def create_edit(request: Request, gateway: GatewayDep, key: CurrentKey) -> Response:
     """Multipart as the SDKs send it, or a JSON body with `images: [{"image_url": ...}]`."""
     settings = gateway.settings
-    upload: RequestBody | JsonUpload
-    if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
-        upload = await read_edit_form(
-            request,
-            max_request_bytes=settings.max_request_bytes,
-            max_image_bytes=settings.max_image_bytes,
-        )
-    else:
-        upload = JsonUpload(await read_body(request, settings.max_request_bytes))
+    read = (
+        read_edit_form
+        if request.headers.get("content-type", "").lower().startswith("multipart/form-data")
+        else read_edit_json
+    )
+    upload = await read(
+        request,
+        max_request_bytes=settings.max_request_bytes,
+        max_image_bytes=settings.max_image_bytes,
+    )
     ctx = call_context(request, key, "edits")
     return respond(await gateway.images.edit(ctx, upload))
 

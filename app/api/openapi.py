@@ -6,6 +6,7 @@ FastAPI's document is the starting point; then, once per process:
         + request bodies of the image routes      (`app.api.schemas`, declared on the routes)
         + the error responses each route can give  (`error_responses`, the one error object)
         - 422 and its validation schemas           (never sent: validation errors are 400s)
+        - `null` as a value of optional parameters (absent or a value: `anyOf [X, null]` is X)
         + security: bearer `ApiKey` on /v1, bearer `AdminToken` on /admin/v1
 
 The admin routes are in the document only when the admin API is on (`create_app` includes
@@ -120,6 +121,8 @@ def build_document(app: FastAPI) -> dict[str, Any]:
     for operations in document["paths"].values():
         for operation in operations.values():
             operation["responses"].pop("422", None)
+            for parameter in operation.get("parameters", ()):
+                _not_nullable(parameter)
     for unused in ("HTTPValidationError", "ValidationError"):
         schemas.pop(unused, None)
     components["securitySchemes"] = SECURITY_SCHEMES
@@ -128,6 +131,20 @@ def build_document(app: FastAPI) -> dict[str, Any]:
         for operation in operations.values():
             operation["security"] = [{scheme: []}]
     return document
+
+
+def _not_nullable(parameter: dict[str, Any]) -> None:
+    """An optional query or path parameter is absent or a value, never JSON null (a query
+    string cannot carry one): FastAPI's `anyOf: [X, {type: null}]` for `X | None` becomes X,
+    keeping the title and description."""
+    schema = parameter.get("schema", {})
+    options = schema.get("anyOf")
+    if not isinstance(options, list):
+        return
+    kept = [option for option in options if option != {"type": "null"}]
+    if len(kept) == 1 and len(kept) < len(options):
+        del schema["anyOf"]
+        schema.update(kept[0])
 
 
 def install_openapi(app: FastAPI) -> None:

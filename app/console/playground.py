@@ -29,11 +29,11 @@ from starlette.responses import Response
 from app.admin.reports import Reports
 from app.api.deps import read_body, request_ids
 from app.api.images import MAX_JSON_BODY_BYTES, respond
+from app.api.json_edit import read_edit_json
 from app.console.forms import model_form
 from app.console.web import CsrfChecked, GatewayDep, SignedIn, render
 from app.errors import InvalidRequest
 from app.gateway import Gateway
-from app.images.edits import JsonUpload
 from app.images.service import CallContext, Endpoint
 from app.keys.repository import KeyRecord
 from app.ledger.records import AccountRecord
@@ -146,5 +146,8 @@ async def run(
     if endpoint == "generations":
         raw = bytes(await read_body(request, min(MAX_JSON_BODY_BYTES, limit)))
         return respond(await service.generate(ctx, raw))
-    # as /v1/images/edits reads a JSON edit: the buffer handed over once (reference images)
-    return respond(await service.edit(ctx, JsonUpload(await read_body(request, limit))))
+    # as /v1/images/edits reads a JSON edit (reference images decoded once paid for)
+    upload = await read_edit_json(
+        request, max_request_bytes=limit, max_image_bytes=gateway.settings.max_image_bytes
+    )
+    return respond(await service.edit(ctx, upload))

@@ -123,13 +123,14 @@ class Admissions:
         request: PaidRequest,
         fingerprint: bytes,
         *,
-        inspect: Callable[[], None] | None = None,
+        inspect: Callable[[PaidRequest], PaidRequest] | None = None,
     ) -> Admission | Outcome:
         """Claim, lease and hold for `request`; or the stored response to replay.
 
         `fingerprint`: the bytes the Idempotency-Key's request hash covers (the raw body, or
         an edit's fields and image digests). `inspect`: work that only a paying caller may
-        cause, and that may still refuse the request (raise), run once the hold is taken.
+        cause, and that may still refuse the request (raise), run once the hold is taken;
+        it returns the request to carry on with (an edit's, with its images decoded).
         A refusal is raised after everything taken so far was given back through the
         admission's exit.
         """
@@ -137,7 +138,7 @@ class Admissions:
         try:
             replay = await admission._acquire(fingerprint)
             if replay is None and inspect is not None:
-                inspect()
+                admission.request = inspect(request)
         except BaseException as exc:
             held = admission._hold == "held"  # then its request log row records the refusal
             await admission.close(exc)

@@ -6,8 +6,9 @@
     Admissions.admit: Idempotency-Key claim ─▶ rate-limit lease ─▶ ledger hold
         │         (`app.images.admission`; a replay or a refusal ends the request here)
         ▼
-    edits: reference images sniffed and pixel-checked (`check_images`): only now, once the
-        │  caller has paid, so a $0 or rate-limited key cannot make the gateway look at them
+    edits: data URIs base64-decoded, reference images sniffed and pixel-checked
+        │  (`check_images`): only now, once the caller has paid, so a $0 or rate-limited
+        │  key cannot make the gateway decode or look at them
         ▼
     work task:  async with admission:  provider routes (`Router`: strategy, retries,
                                        breaker; attempts traced into the request log)
@@ -41,7 +42,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final, TypeVar
 
 import orjson
@@ -71,13 +72,7 @@ from app.images.admission import (
     PaidRequest,
     log_unbilled,
 )
-from app.images.edits import (
-    JsonUpload,
-    RequestBody,
-    check_images,
-    edit_body_from_json,
-    edit_fingerprint,
-)
+from app.images.edits import RequestBody, check_images, edit_fingerprint
 from app.images.results import Delivery, FinishedImage, finish_image, finish_images, render_body
 from app.images.routing import Router
 from app.images.streaming import ImageEventStream, StreamShape
@@ -187,18 +182,10 @@ class ImageService:
             ctx, lambda: RequestBody(parse_json_object(raw_body)), lambda _: raw_body
         )
 
-    async def edit(self, ctx: CallContext, upload: RequestBody | JsonUpload) -> Result:
-        """`POST /v1/images/edits`: a parsed multipart form, or a JSON body."""
-
-        def parse() -> RequestBody:
-            if isinstance(upload, RequestBody):
-                return upload
-            return edit_body_from_json(
-                parse_json_object(upload.take()),
-                max_image_bytes=self._limits.max_image_bytes,
-            )
-
-        return await self._handle(ctx, parse, edit_fingerprint)
+    async def edit(self, ctx: CallContext, upload: RequestBody) -> Result:
+        """`POST /v1/images/edits`: a multipart form, or a JSON body with its data URIs still
+        encoded (`app.api.json_edit`; decoded once admitted)."""
+        return await self._handle(ctx, lambda: upload, edit_fingerprint)
 
     async def wait_idle(self) -> None:
         """Wait for the work of admitted requests still running (call at shutdown)."""
@@ -238,17 +225,26 @@ class ImageService:
             raise
         request = PaidRequest(ctx, snapshot, model, validated, price, started)
 
-        def inspect_uploads() -> None:
+        def inspect_uploads(request: PaidRequest) -> PaidRequest:
+            uploads = body.decoded()  # a JSON edit's data URIs: base64-decoded only now
             check_images(
-                body,
+                uploads,
                 max_bytes=self._limits.max_image_bytes,
                 max_pixels=self._limits.max_image_pixels,
             )
+            if uploads is body:
+                return request
+            validated = request.validated
+            upstream = replace(
+                validated.request, images=tuple(uploads.images or ()), mask=uploads.mask
+            )
+            return replace(request, validated=replace(validated, request=upstream))
 
-        # pay before you work: an edit's uploads are looked at only once the caller has paid
+        # pay before you work: an edit's uploads are decoded and looked at only once the
+        # caller has paid; the Idempotency-Key fingerprint (image digests) only if there is one
         admitted = await self._admissions.admit(
             request,
-            fingerprint(body),
+            fingerprint(body) if ctx.idempotency_key is not None else b"",
             inspect=inspect_uploads if body.images is not None else None,
         )
         if isinstance(admitted, Outcome):

@@ -94,6 +94,7 @@ class KeyAuthenticator:
         max_entries: int = 10_000,
         max_unknown_entries: int = 1_000,
         clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._engine = engine
         self._ttl_s = ttl_s
@@ -104,6 +105,8 @@ class KeyAuthenticator:
         self._max_entries = max_entries
         self._max_unknown_entries = max_unknown_entries
         self._clock = clock
+        #: the wall clock a key's `expires_at` is judged by, cached or not (tests move it)
+        self.now = now
         self._known: OrderedDict[str, _Entry] = OrderedDict()
         self._unknown: OrderedDict[str, _Entry] = OrderedDict()
         self._loading: dict[str, asyncio.Future[KeyWithAccount | None]] = {}
@@ -139,7 +142,7 @@ class KeyAuthenticator:
         key = found.key
         if key.revoked_at is not None:
             raise PermissionDenied("This API key has been revoked.", code="KEY_REVOKED")
-        if key.expires_at is not None and key.expires_at <= datetime.now(UTC):
+        if key.expires_at is not None and key.expires_at <= self.now():
             raise PermissionDenied("This API key has expired.", code="KEY_EXPIRED")
         if found.account_status != "active":
             raise PermissionDenied(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import secrets
 from datetime import UTC, datetime
 from typing import Any
@@ -177,13 +178,53 @@ async def test_usage_by_day_and_time_window(
         ({"group_by": "week"}, "group_by"),
         ({"from": "yesterday"}, "from"),
         ({"from": "2026-03-02T00:00:00Z", "to": "2026-03-01T00:00:00Z"}, "to"),
+        # what the schema does not allow is refused, not guessed at
+        ({"from": "14353"}, "from"),  # not a Unix time
+        ({"to": "1e9"}, "to"),
+        ({"from": "2026-03-02T00:00:00.5+0100"}, "from"),  # the offset needs its colon
+        ({"from": "2026-W09"}, "from"),  # ISO week dates: Python reads them, the schema not
+        ({"from": "2026-02-30"}, "from"),  # the pattern's shape, but no such day
+        ({"to": "2026-03-01T24:00"}, "to"),
+        ([("key_id", "key_a"), ("key_id", "key_b")], "key_id"),  # not silently the last one
+        ([("group_by", "day"), ("group_by", "day")], "group_by"),
     ],
 )
 async def test_usage_validation(
-    client: httpx.AsyncClient, params: dict[str, str], param: str
+    client: httpx.AsyncClient, params: dict[str, str] | list[tuple[str, str]], param: str
 ) -> None:
     response = await client.get("/admin/v1/usage", params=params)
     assert_error(response, 400, "INVALID_PARAMETER", param)
+
+
+async def test_usage_accepts_the_documented_date_and_time_forms(client: httpx.AsyncClient) -> None:
+    for value, start in [
+        ("2026-03-02", "2026-03-02T00:00:00"),
+        ("2026-03-02 10:30", "2026-03-02T10:30:00"),
+        ("2026-03-02T10:30:15.25Z", "2026-03-02T10:30:15.25"),
+        ("2026-03-02T10:30:15+02:00", "2026-03-02T08:30:15"),
+    ]:
+        response = await client.get("/admin/v1/usage", params={"from": value})
+        assert response.status_code == 200, (value, response.text)
+        assert response.json()["from"].startswith(start), value
+
+
+def test_the_usage_document_matches_what_the_route_takes() -> None:
+    from fastapi import FastAPI
+
+    from app.admin.endpoints import router
+    from app.api.openapi import build_document
+
+    app = FastAPI()
+    app.include_router(router)
+    document = build_document(app)
+    parameters = document["paths"]["/admin/v1/usage"]["get"]["parameters"]
+    schemas = {parameter["name"]: parameter["schema"] for parameter in parameters}
+    for name in ("from", "to"):
+        text = schemas[name]
+        assert text["type"] == "string"  # absent or a value: a query string has no null
+        assert "format" not in text  # not RFC 3339 date-time: a date alone is allowed
+        assert re.fullmatch(text["pattern"].strip("^$"), "2026-03-02")
+        assert not re.fullmatch(text["pattern"].strip("^$"), "14353")
 
 
 async def test_requests_log_newest_first_with_filters(

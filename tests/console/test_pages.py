@@ -449,6 +449,15 @@ def test_the_playground_runs_only_as_a_usable_key(console_env: ConsoleEnv) -> No
         assert streamed.headers["content-type"].startswith("text/event-stream")
         assert streamed.text.count("event: image_generation.partial_image") == 1
         assert streamed.text.count("event: image_generation.completed") == 1
+        # an edit is read as /v1/images/edits reads a JSON one: this URI decodes (once paid
+        # for) to zeros, not an image, so it is refused then and refunded in full
+        edit = client.post(
+            f"/console/playground/edits?key_id={live_key}",
+            json={**body, "images": [{"image_url": "data:image/png;base64," + "A" * 8000}]},
+            headers=headers,
+        )
+        error = edit.json()["error"]
+        assert (edit.status_code, error["code"], error["param"]) == (400, "INVALID_IMAGE", "image")
 
     async def balance(engine):  # type: ignore[no-untyped-def]
         await assert_books_balance(engine, account_id)

@@ -426,3 +426,34 @@ def test_a_key_that_cannot_pay_is_refused_before_its_uploads_are_looked_at(env: 
     assert (first.status_code, first.json()["error"]["code"]) == (400, "INVALID_IMAGE")
     limited = edit_upload(env, limited_secret, junk)
     assert (limited.status_code, limited.json()["error"]["code"]) == (429, "RATE_LIMITED")
+
+
+def json_edit_upload(env: Env, secret: str, data_uri: str) -> httpx.Response:
+    return httpx.post(
+        f"{env.gateway.base_url}/images/edits",
+        headers={"Authorization": f"Bearer {secret}"},
+        json={"model": "local-preview", "prompt": "x", "images": [{"image_url": data_uri}]},
+        timeout=30,
+    )
+
+
+def test_a_key_that_cannot_pay_is_refused_before_its_data_uris_are_decoded(env: Env) -> None:
+    """The JSON spelling: the data URI's base64 is decoded only once paid for, so a $0
+    account gets 402 and an rpm-limited key 429 for a URI that would not even decode (400
+    INVALID_IMAGE once admitted: the first request of the limited key)."""
+
+    async def keys(engine):  # type: ignore[no-untyped-def]
+        broke = await factories.make_account(engine, balance_micros=0)
+        _, broke_secret = await factories.make_key(engine, broke)
+        _, limited_secret = await factories.make_key(engine, env.account_id, rpm=1)
+        return broke_secret, limited_secret
+
+    broke_secret, limited_secret = env.run(keys)
+    undecodable = "data:image/png;base64," + "@" * 6000  # long enough to be kept as bytes
+    unpaid = json_edit_upload(env, broke_secret, undecodable)
+    assert (unpaid.status_code, unpaid.json()["error"]["code"]) == (402, "INSUFFICIENT_BALANCE")
+    first = json_edit_upload(env, limited_secret, undecodable)  # admitted, then decoded: 400
+    assert (first.status_code, first.json()["error"]["code"]) == (400, "INVALID_IMAGE")
+    assert first.json()["error"]["param"] == "images[0]"
+    limited = json_edit_upload(env, limited_secret, undecodable)
+    assert (limited.status_code, limited.json()["error"]["code"]) == (429, "RATE_LIMITED")

@@ -32,9 +32,12 @@ def test_json_body_accepts_the_image_url_spellings() -> None:
         },
         max_image_bytes=len(data),
     )
-    assert body.images == [data, data, data]
-    assert body.mask == data
-    assert not body.from_form
+    # nothing is decoded yet: one placeholder per image, for validation and pricing
+    assert body.images == [b"", b"", b""] and body.mask == b""
+    decoded = body.decoded()
+    assert decoded.images == [data, data, data]
+    assert decoded.mask == data
+    assert not decoded.from_form and decoded.encoded is None
 
 
 @pytest.mark.parametrize(
@@ -48,8 +51,18 @@ def test_json_body_accepts_the_image_url_spellings() -> None:
 )
 def test_json_body_refusals(images: object, code: str, param: str) -> None:
     with pytest.raises(GatewayError) as info:
-        edit_body_from_json({"prompt": "x", "images": images}, max_image_bytes=1000)
+        edit_body_from_json({"prompt": "x", "images": images}, max_image_bytes=1000).decoded()
     assert (info.value.code, info.value.param) == (code, param)
+
+
+def test_bad_base64_is_refused_only_when_decoded() -> None:
+    body = edit_body_from_json(
+        {"prompt": "x", "images": ["data:image/png;base64,@@@"]}, max_image_bytes=1000
+    )
+    assert body.images == [b""]  # shape and size checked; the payload not read yet
+    with pytest.raises(InvalidRequest) as info:
+        body.decoded()
+    assert (info.value.code, info.value.param) == ("INVALID_IMAGE", "images[0]")
 
 
 def test_json_body_drops_the_image_text_as_it_decodes() -> None:
@@ -57,6 +70,10 @@ def test_json_body_drops_the_image_text_as_it_decodes() -> None:
     body = edit_body_from_json(fields, max_image_bytes=1000)
     assert "images" not in body.fields and "mask" not in body.fields
     assert body.fields == {"prompt": "x"}
+    encoded = body.encoded
+    assert encoded is not None and len(encoded.images) == 1
+    body.decoded()
+    assert encoded.images == [] and encoded.mask is None  # each text let go as decoded
 
 
 @pytest.mark.parametrize("field", ["images", "mask"])
@@ -90,3 +107,12 @@ def test_fingerprint_ignores_how_the_bytes_travelled() -> None:
     same = RequestBody({"n": "2", "prompt": "x"}, images=[bytes(data)], from_form=True)
     other = RequestBody({"prompt": "x", "n": "2"}, images=[png((9, 9))], from_form=True)
     assert edit_fingerprint(form) == edit_fingerprint(same) != edit_fingerprint(other)
+
+
+def test_a_json_edit_is_fingerprinted_without_decoding() -> None:
+    def body(data: bytes) -> RequestBody:
+        return edit_body_from_json({"prompt": "x", "images": [uri(data)]}, max_image_bytes=1000)
+
+    first, same, other = body(png()), body(png()), body(png((9, 9)))
+    assert edit_fingerprint(first) == edit_fingerprint(same) != edit_fingerprint(other)
+    assert first.images == [b""]  # still encoded

@@ -101,14 +101,12 @@ async def test_expired_key_is_403(keys: KeyService, account_id: str, engine: Asy
 async def test_a_cached_key_stops_at_its_expiry(
     keys: KeyService, account_id: str, engine: AsyncEngine
 ) -> None:
-    _, secret = await keys.create_key(
-        account_id=account_id,
-        name="k",
-        expires_at=datetime.now(UTC) + timedelta(milliseconds=300),
-    )
-    auth = KeyAuthenticator(engine, ttl_s=3600)
-    await auth.authenticate(bearer(secret))
-    await asyncio.sleep(0.4)
+    expires_at = datetime.now(UTC) + timedelta(hours=1)
+    _, secret = await keys.create_key(account_id=account_id, name="k", expires_at=expires_at)
+    wall = [expires_at - timedelta(microseconds=1)]
+    auth = KeyAuthenticator(engine, ttl_s=3600, now=lambda: wall[0])
+    await auth.authenticate(bearer(secret))  # cached for an hour from here
+    wall[0] = expires_at  # the instant it expires, still within the cache's hour
     with pytest.raises(PermissionDenied) as caught:
         await auth.authenticate(bearer(secret))
     assert caught.value.code == "KEY_EXPIRED"
