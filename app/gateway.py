@@ -1,7 +1,7 @@
 """The process-wide `Gateway`: everything built once at start-up and shared by every request.
 
 `open_gateway(settings)` is the application's lifespan: it loads and compiles the catalog, opens
-one database engine and ONE pooled `httpx.AsyncClient`, builds one adapter per catalog provider,
+one database engine and ONE pooled upstream client, builds one adapter per catalog provider,
 the ledger, key services, rate limiter, the `ImageService` (with exactly what it uses) and the
 background sweeper, and tears it all down in reverse order (requests still at work first).
 Routes reach it as `request.app.state.gateway`. Lower layers never import this module. While it
@@ -19,7 +19,6 @@ import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
-import httpx
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -48,7 +47,7 @@ from app.ratelimit import make_rate_limiter
 from app.ratelimit.base import RateLimiter
 from app.security.throttle import FailureThrottle
 from app.settings import Settings
-from app.upstream_client import make_http_client, upstream_occupancy
+from app.upstream_client import UpstreamHttp, make_http_client, upstream_occupancy
 from app.webhooks.destinations import DestinationPolicy
 from app.webhooks.dispatcher import DeliveryPolicy, Dispatcher, make_client, running
 from app.webhooks.events import provider_transition
@@ -63,7 +62,7 @@ class Gateway:
     #: the catalog and adapters in force, swapped whole by a reload (`app.catalog.live`)
     live: LiveCatalog
     engine: AsyncEngine
-    http: httpx.AsyncClient
+    http: UpstreamHttp
     ledger: Ledger
     keys: KeyService
     authenticator: KeyAuthenticator

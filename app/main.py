@@ -18,7 +18,9 @@ from app import __version__
 from app.admin.endpoints import router as admin_router
 from app.admin.webhooks import router as webhooks_router
 from app.api.errors import register_error_handlers
+from app.api.hot_routes import HotRoutes
 from app.api.images import router as images_router
+from app.api.images import serve_generation
 from app.api.models import router as models_router
 from app.api.openapi import install_openapi
 from app.api.operations import router as operations_router
@@ -76,6 +78,9 @@ def create_app(settings: Settings | None = None, *, own_process: bool = False) -
         lifespan=lifespan,
         docs_url=None,  # served by install_openapi, with local assets
         redoc_url=None,
+        # FastAPI's own OpenTelemetry hooks: tracing is the gateway's (app.observability.tracing,
+        # the server span in its middleware); left on, they read the environment per request
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     register_error_handlers(app)
@@ -89,6 +94,8 @@ def create_app(settings: Settings | None = None, *, own_process: bool = False) -
     mount_console(app, settings)  # on with the admin API; not in the OpenAPI document
     install_openapi(app)
 
+    # innermost: the hot route skips the router and the dependency solver, not the above
+    app.add_middleware(HotRoutes, routes={("POST", "/v1/images/generations"): serve_generation})
     app.add_middleware(ObservabilityMiddleware, access_log=settings.access_log)
     app.add_middleware(RequestIdMiddleware)  # outermost: the request id exists for the above
     return app

@@ -4,7 +4,7 @@ The image service validates and prices a request, then hands each route's adapte
 `ImageRequest`: the prompt, `n`, the validated model parameters (defaults applied, sizing
 translated), and the fields the model did not declare (`extra`, forwarded unchanged). The
 adapter reshapes that into its provider's own wire format, performs the call(s) through the
-shared `httpx.AsyncClient` it was built with, and returns raw image bytes as an
+shared upstream client it was built with, and returns raw image bytes as an
 `AdapterResult`. Decoding base64, downloading result URLs (size-limited), polling async jobs
 and fanning `n` out into concurrent calls are the adapter's business; transcoding to the
 requested `output_format` and reading the real size are the service's (done once, for every
@@ -22,10 +22,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-import httpx
-
 from app.catalog.schema import OutputFormat, ProviderConfig
 from app.images.work import ImageWorkPool, default_image_work
+from app.upstream_client import UpstreamHttp
 
 SizingStyle = Literal["pixel", "tier", "aspect", "preset", "none"]
 
@@ -142,7 +141,7 @@ class AdapterResult:
 class AdapterContext:
     """What every adapter is built with at start-up: the shared client and the limits."""
 
-    http: httpx.AsyncClient
+    http: UpstreamHttp
     max_download_bytes: int
     #: where decoding, resizing and rendering run (bounded threads, megapixel budget)
     image_work: ImageWorkPool = field(default_factory=default_image_work)

@@ -38,7 +38,7 @@ black-forest-labs/skills `skills/bfl-api` references and black-forest-labs/flux
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -280,7 +280,7 @@ def _text(value: Any) -> str:
 
 
 def map_error(
-    status: int, headers: httpx.Headers, body: bytes, *, host: str, api_key: str | None
+    status: int, headers: Mapping[str, str], body: bytes, *, host: str, api_key: str | None
 ) -> GatewayError:
     """A non-2xx BFL answer -> the gateway error the client (and the router) sees."""
     detail = redact(_error_message(body), [api_key]) or "no message"
@@ -413,7 +413,7 @@ class BflAdapter:
 
     async def _send(
         self, method: str, url: str, headers: dict[str, str], json: dict[str, Any] | None
-    ) -> tuple[int, httpx.Headers, bytes]:
+    ) -> tuple[int, Mapping[str, str], bytes]:
         with transport_errors(self._host, self._timeout_s):
             async with self._context.http.stream(
                 method, url, headers=headers, json=json, timeout=self._timeout_s
@@ -421,5 +421,5 @@ class BflAdapter:
                 body = await read_limited(response, _BODY_LIMIT, what=f"answer from {self._host}")
         return response.status_code, response.headers, body
 
-    def _error(self, status: int, headers: httpx.Headers, body: bytes) -> GatewayError:
+    def _error(self, status: int, headers: Mapping[str, str], body: bytes) -> GatewayError:
         return map_error(status, headers, body, host=self._host, api_key=self._provider.api_key)

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -287,7 +287,7 @@ def parse_output(body: bytes) -> list[str]:
 
 
 def map_error(
-    status: int, headers: httpx.Headers, body: bytes, *, host: str, api_key: str | None
+    status: int, headers: Mapping[str, str], body: bytes, *, host: str, api_key: str | None
 ) -> GatewayError:
     """A non-2xx fal answer -> the gateway error the client (and the router) sees."""
     try:
@@ -406,7 +406,7 @@ class FalAdapter:
 
     async def _request(
         self, method: str, url: str, *, limit: int = _SMALL_BODY_BYTES, json: Any = None
-    ) -> tuple[int, httpx.Headers, bytes]:
+    ) -> tuple[int, Mapping[str, str], bytes]:
         with transport_errors(self._host, self._timeout_s):
             async with self._context.http.stream(
                 method, url, headers=self._headers, json=json, timeout=self._timeout_s
@@ -414,7 +414,7 @@ class FalAdapter:
                 body = await read_limited(response, limit, what=f"answer from {self._host}")
         return response.status_code, response.headers, body
 
-    def _error(self, status: int, headers: httpx.Headers, body: bytes) -> GatewayError:
+    def _error(self, status: int, headers: Mapping[str, str], body: bytes) -> GatewayError:
         return map_error(status, headers, body, host=self._host, api_key=self._provider.api_key)
 
     async def _cancel(self, job: QueueJob) -> None:

@@ -38,11 +38,10 @@ Wire decisions:
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-import httpx
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.alias_generators import to_camel
@@ -352,7 +351,7 @@ def _by_modality(counts: list[_ModalityCount] | None) -> dict[str, int] | None:
 
 # -- errors -----------------------------------------------------------------------------------
 def map_error(
-    status: int, headers: httpx.Headers, body: bytes, *, host: str, api_key: str | None
+    status: int, headers: Mapping[str, str], body: bytes, *, host: str, api_key: str | None
 ) -> GatewayError:
     """A non-2xx answer (`{"error": {"code", "message", "status", "details"}}`) -> our error."""
     message, rpc_status, details = _error_fields(body)

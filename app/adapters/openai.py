@@ -30,11 +30,10 @@ Wire decisions (contract: the OpenAI API reference for Images, mirrored in the o
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import httpx
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -249,7 +248,7 @@ def parse_response(body: bytes) -> ParsedResponse:
 
 
 def map_error(
-    status: int, headers: httpx.Headers, body: bytes, *, host: str, api_key: str | None
+    status: int, headers: Mapping[str, str], body: bytes, *, host: str, api_key: str | None
 ) -> GatewayError:
     """A non-2xx upstream answer -> the gateway error the client (and the router) sees."""
     message, err_type, code = _error_fields(body)

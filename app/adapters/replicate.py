@@ -42,7 +42,7 @@ Wire decisions:
 from __future__ import annotations
 
 import base64
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -258,7 +258,7 @@ def job_url(prediction: Prediction, action: Literal["get", "cancel"], base_url: 
 
 
 def map_error(
-    status: int, headers: httpx.Headers, body: bytes, *, host: str, api_key: str | None
+    status: int, headers: Mapping[str, str], body: bytes, *, host: str, api_key: str | None
 ) -> GatewayError:
     """A non-2xx API answer -> the gateway error the client (and the router) sees."""
     detail = redact(_problem_detail(body), [api_key]) or "no message"
@@ -401,11 +401,13 @@ class ReplicateAdapter:
             anyio.move_on_after(_CANCEL_TIMEOUT_S),
             suppress(httpx.HTTPError),
         ):
-            await self._context.http.post(
+            async with self._context.http.stream(
+                "POST",
                 job_url(prediction, "cancel", self._base_url),
                 headers=auth_headers(self._provider),
                 timeout=_CANCEL_TIMEOUT_S,
-            )
+            ):
+                pass
 
     async def _download_all(self, urls: list[str]) -> list[UpstreamImage]:
         """Every output, downloaded concurrently; a failed download drops its image unless

@@ -46,10 +46,9 @@ Wire decisions:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, Literal
 
-import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from app.adapters.base import (
@@ -244,7 +243,7 @@ def _image_error(code: str | None, message: str, *, api_key: str | None) -> Gate
 
 
 def map_error(
-    status: int, headers: httpx.Headers, body: bytes, *, host: str, api_key: str | None
+    status: int, headers: Mapping[str, str], body: bytes, *, host: str, api_key: str | None
 ) -> GatewayError:
     """A non-2xx upstream answer -> the gateway error the client (and the router) sees."""
     try:

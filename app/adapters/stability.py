@@ -48,11 +48,10 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
-import httpx
 import orjson
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -231,7 +230,7 @@ class _WireImage(BaseModel):
     seed: int | None = None
 
 
-def parse_response(body: bytes, headers: httpx.Headers) -> bytes:
+def parse_response(body: bytes, headers: Mapping[str, str]) -> bytes:
     """A 2xx answer -> the image bytes; a content-filtered image -> ContentBlocked.
 
     JSON is what we ask for; raw image bytes (`Accept: image/*` style, the finish reason in
@@ -264,7 +263,7 @@ def _filtered() -> ContentBlocked:
 
 
 def map_error(
-    status: int, headers: httpx.Headers, body: bytes, *, host: str, api_key: str | None
+    status: int, headers: Mapping[str, str], body: bytes, *, host: str, api_key: str | None
 ) -> GatewayError:
     """A non-2xx upstream answer -> the gateway error the client (and the router) sees."""
     name, message = _error_fields(body)

@@ -1,5 +1,8 @@
-"""HTTP plumbing every HTTP adapter shares: the one boundary where httpx failures become
+"""HTTP plumbing every HTTP adapter shares: the one boundary where transport failures become
 gateway errors, size-limited body reads, result-URL downloads and message hygiene.
+
+The shared client (`app.upstream_client.UpstreamHttp`, aiohttp underneath by default) raises
+httpx's exception classes whichever client runs, so this is the one table:
 
     httpx.TimeoutException ──▶ UpstreamTimeout (504)
     httpx.TransportError   ──▶ UpstreamUnavailable (503)   (refused, reset, DNS, protocol)
@@ -17,7 +20,7 @@ address is the operator's network layout, not the client's business).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from email.utils import parsedate_to_datetime
 from time import time
@@ -29,6 +32,7 @@ import httpx
 from app.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from app.images.codec import ImageError, decode_data_uri
 from app.security.addresses import check_public_host
+from app.upstream_client import UpstreamHttp, UpstreamResponse
 
 MAX_MESSAGE_CHARS: Final = 500
 MAX_REDIRECTS: Final = 5
@@ -78,7 +82,7 @@ def transport_errors(host: str, timeout_s: float) -> Iterator[None]:
         raise UpstreamUnavailable(f"cannot reach {host} ({type(exc).__name__})") from exc
 
 
-async def read_limited(response: httpx.Response, limit: int, *, what: str) -> bytes:
+async def read_limited(response: UpstreamResponse, limit: int, *, what: str) -> bytes:
     """The body of a streamed response, aborting as soon as it grows past `limit` bytes."""
     declared = response.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -94,7 +98,7 @@ async def read_limited(response: httpx.Response, limit: int, *, what: str) -> by
 
 
 async def download(
-    http: httpx.AsyncClient,
+    http: UpstreamHttp,
     url: str,
     *,
     max_bytes: int,
@@ -140,7 +144,7 @@ async def download(
     raise UpstreamError(f"downloading the image took more than {MAX_REDIRECTS} redirects")
 
 
-def retry_after(headers: httpx.Headers) -> float | None:
+def retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds from `retry-after-ms` or `retry-after` (delta-seconds or an HTTP date)."""
     millis = headers.get("retry-after-ms")
     if millis is not None:
@@ -183,7 +187,7 @@ def redact(message: str, secrets: Iterable[str | None] = ()) -> str:
 
 def status_error(
     status: int,
-    headers: httpx.Headers,
+    headers: Mapping[str, str],
     *,
     host: str,
     detail: str,

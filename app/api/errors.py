@@ -15,6 +15,8 @@ One place maps everything a request can raise into the OpenAI error shape:
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Final
 
 import orjson
 from fastapi import FastAPI, Request
@@ -80,39 +82,63 @@ def _http_error(exc: StarletteHTTPException) -> GatewayError:
     return error
 
 
+async def on_gateway_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return error_response(exc)
+
+
+async def on_validation_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    return error_response(_validation_error(exc))
+
+
+async def on_http_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    return error_response(_http_error(exc))
+
+
+async def on_database_error(request: Request, exc: Exception) -> Response:
+    if is_outage(exc):
+        logger.error("database unavailable: %s", type(exc).__name__)
+        DATABASE_ERRORS.inc()
+        return error_response(DatabaseUnavailable())
+    code = sqlstate(exc) or ""
+    if isinstance(exc, IntegrityError | DataError) or code[:2] in ("22", "23"):
+        logger.error("the database refused a value validation let through", exc_info=exc)
+        return error_response(InvalidRequest("The request has a value the gateway cannot store."))
+    return await on_unexpected(request, exc)
+
+
+async def on_unexpected(_: Request, exc: Exception) -> Response:
+    logger.exception("unhandled error", exc_info=exc)
+    return error_response(InternalError("The gateway hit an internal error."))
+
+
+Handler = Callable[[Request, Exception], Awaitable[Response]]
+
+#: what Starlette's ExceptionMiddleware answers, by exception class (the most derived class in
+#: an exception's MRO wins); anything else reaches `on_unexpected` in the outer error middleware
+HANDLERS: Final[dict[type[Exception], Handler]] = {
+    GatewayError: on_gateway_error,
+    RequestValidationError: on_validation_error,
+    StarletteHTTPException: on_http_error,
+    DBAPIError: on_database_error,
+    PoolTimeoutError: on_database_error,
+}
+
+
+async def handled_response(request: Request, exc: Exception) -> Response | None:
+    """The answer `HANDLERS` give `exc`, looked up as Starlette does (for routes served
+    outside its router, `app.api.hot_routes`); None for what only the outer middleware
+    handles."""
+    for cls in type(exc).__mro__:
+        handler = HANDLERS.get(cls)
+        if handler is not None:
+            return await handler(request, exc)
+    return None
+
+
 def register_error_handlers(app: FastAPI) -> None:
-    async def on_gateway_error(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, GatewayError)
-        return error_response(exc)
-
-    async def on_validation_error(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestValidationError)
-        return error_response(_validation_error(exc))
-
-    async def on_http_error(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StarletteHTTPException)
-        return error_response(_http_error(exc))
-
-    async def on_database_error(_: Request, exc: Exception) -> Response:
-        if is_outage(exc):
-            logger.error("database unavailable: %s", type(exc).__name__)
-            DATABASE_ERRORS.inc()
-            return error_response(DatabaseUnavailable())
-        code = sqlstate(exc) or ""
-        if isinstance(exc, IntegrityError | DataError) or code[:2] in ("22", "23"):
-            logger.error("the database refused a value validation let through", exc_info=exc)
-            return error_response(
-                InvalidRequest("The request has a value the gateway cannot store.")
-            )
-        return await on_unexpected(_, exc)
-
-    async def on_unexpected(_: Request, exc: Exception) -> Response:
-        logger.exception("unhandled error", exc_info=exc)
-        return error_response(InternalError("The gateway hit an internal error."))
-
-    app.add_exception_handler(GatewayError, on_gateway_error)
-    app.add_exception_handler(RequestValidationError, on_validation_error)
-    app.add_exception_handler(StarletteHTTPException, on_http_error)
-    for db_error in (DBAPIError, PoolTimeoutError):
-        app.add_exception_handler(db_error, on_database_error)
+    for exc_class, handler in HANDLERS.items():
+        app.add_exception_handler(exc_class, handler)
     app.add_exception_handler(Exception, on_unexpected)

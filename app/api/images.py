@@ -7,7 +7,14 @@ from typing import Any, Final
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from app.api.deps import CurrentKey, GatewayDep, read_body, request_ids
+from app.api.deps import (
+    CurrentKey,
+    GatewayDep,
+    get_current_key,
+    get_gateway,
+    read_body,
+    request_ids,
+)
 from app.api.json_edit import read_edit_json
 from app.api.multipart import read_edit_form
 from app.api.openapi import body_ref, error_responses
@@ -65,6 +72,14 @@ async def create_generation(request: Request, gateway: GatewayDep, key: CurrentK
     raw = bytes(await read_body(request, limit))  # small; kept for the Idempotency-Key hash
     ctx = call_context(request, key, "generations")
     return respond(await gateway.images.generate(ctx, raw))
+
+
+async def serve_generation(request: Request) -> Response:
+    """`create_generation` with its dependencies resolved by hand, the same functions in the
+    same order as `Depends`: the hot route (`app.api.hot_routes`)."""
+    gateway = await get_gateway(request)
+    key = await get_current_key(request)
+    return await create_generation(request, gateway, key)
 
 
 @router.post(

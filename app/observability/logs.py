@@ -136,8 +136,15 @@ class ConsoleFormatter(logging.Formatter):
         super().__init__()
         self._scrub = scrub
 
+    #: (second, its strftime): one assignment, so threads logging at once read a matching pair
+    _stamped: tuple[int, str] = (-1, "")
+
     def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
+        second, stamp = self._stamped
+        if int(record.created) != second:  # strftime once a second, not once a line
+            second = int(record.created)
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+            self._stamped = (second, stamp)
         text = f"{stamp}.{int(record.msecs):03d} {record.levelname} {record.name}: "
         text += record.getMessage()
         extras = _extras(record)
@@ -161,6 +168,11 @@ def configure_logging(
     stream: Any = None,
 ) -> logging.Handler:
     """Install the gateway's handler on the root logger (replacing one installed before)."""
+    # LogRecord looks these up for every line (a getpid system call among them) and no line
+    # of ours shows them: the access line is written once per request
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, _MARK, False):

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 
-import httpx
 import pytest
 
 from app.adapters.base import AdapterContext
 from app.settings import Settings
-from app.upstream_client import make_http_client
+from app.upstream_client import UpstreamHttp, make_http_client
 from tests.mocks.openai_upstream import MockOpenAIUpstream
 
 UPSTREAM_KEY = "sk-upstream-SECRET-0123456789"
@@ -34,13 +33,15 @@ def upstream(_upstream_server: MockOpenAIUpstream) -> MockOpenAIUpstream:
 
 
 @pytest.fixture(params=["aiohttp", "httpx"])
-async def http(request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
+async def http(request: pytest.FixtureRequest) -> AsyncIterator[UpstreamHttp]:
     """The gateway's own client, over each transport it can run with."""
-    settings = Settings(upstream_transport=request.param)
-    async with make_http_client(settings) as client:
+    client = make_http_client(Settings(upstream_transport=request.param))
+    try:
         yield client
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture
-def context(http: httpx.AsyncClient) -> AdapterContext:
+def context(http: UpstreamHttp) -> AdapterContext:
     return AdapterContext(http=http, max_download_bytes=10 * 1024 * 1024)

@@ -28,6 +28,7 @@ from app.errors import (
     UpstreamUnavailable,
 )
 from app.images.codec import image_size, sniff_format
+from app.upstream_client import UpstreamHttp
 from tests.mocks.bfl_upstream import MockBflUpstream
 
 KEY = "bfl-SECRET-key-0123456789"
@@ -330,7 +331,7 @@ async def test_slow_job_times_out(bfl: MockBflUpstream, context: AdapterContext)
 
 
 @pytest.mark.anyio
-async def test_download_is_size_limited(bfl: MockBflUpstream, http: httpx.AsyncClient) -> None:
+async def test_download_is_size_limited(bfl: MockBflUpstream, http: UpstreamHttp) -> None:
     bfl.image_bytes = 50_000
     small = AdapterContext(http=http, max_download_bytes=20_000)
     with pytest.raises(UpstreamError, match="limit"):

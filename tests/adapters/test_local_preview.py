@@ -6,7 +6,6 @@ import io
 import time
 from dataclasses import replace
 
-import httpx
 import pytest
 from PIL import Image
 
@@ -16,6 +15,7 @@ from app.adapters.registry import build_adapter, known_adapters
 from app.catalog.schema import ProviderConfig
 from app.errors import InvalidParameter, InvalidRequest
 from app.images.codec import image_size, sniff_format
+from app.upstream_client import UpstreamHttp
 
 pytestmark = pytest.mark.anyio
 
@@ -130,7 +130,7 @@ async def test_latency_option_delays_the_answer(context: AdapterContext) -> None
     assert time.perf_counter() - started >= 0.15
 
 
-async def test_registry_builds_every_known_adapter(http: httpx.AsyncClient) -> None:
+async def test_registry_builds_every_known_adapter(http: UpstreamHttp) -> None:
     context = AdapterContext(http=http, max_download_bytes=1024)
     assert known_adapters() >= {"local-preview", "openai"}
     assert isinstance(build_adapter(PROVIDER, context), LocalPreviewAdapter)
@@ -140,7 +140,7 @@ async def test_registry_builds_every_known_adapter(http: httpx.AsyncClient) -> N
         )
 
 
-async def test_registry_rejects_unknown_adapter_names(http: httpx.AsyncClient) -> None:
+async def test_registry_rejects_unknown_adapter_names(http: UpstreamHttp) -> None:
     context = AdapterContext(http=http, max_download_bytes=1024)
     with pytest.raises(ValueError, match=r"unknown adapter 'nope'.*local-preview, openai"):
         build_adapter(ProviderConfig(allow_private_network=True, adapter="nope"), context)

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -93,6 +94,21 @@ def restore_logging() -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("restore_logging")
+def test_console_time_stamps_follow_each_line_across_seconds() -> None:
+    """The date and time are formatted once a second, never left behind by a later line."""
+    formatter = ConsoleFormatter(Scrubber())
+    lines = []
+    for created in (1_700_000_000.25, 1_700_000_000.75, 1_700_000_001.5, 1_700_003_601.0):
+        entry = record("tick")
+        entry.created, entry.msecs = created, (created % 1) * 1000
+        lines.append(formatter.format(entry))
+    expected = [
+        time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(int(t))) + f".{int(t % 1 * 1000):03d}"
+        for t in (1_700_000_000.25, 1_700_000_000.75, 1_700_000_001.5, 1_700_003_601.0)
+    ]
+    assert [line.split(" WARNING ")[0] for line in lines] == expected
+
+
 def test_configure_logging_floors_noisy_libraries_even_at_debug() -> None:
     stream = io.StringIO()
     configure_logging(
