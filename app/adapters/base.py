@@ -17,10 +17,11 @@ failures are translated into `app.errors` classes (`UpstreamError`, `UpstreamTim
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
+
+import pybase64
 
 from app.catalog.schema import OutputFormat, ProviderConfig
 from app.images.work import ImageWorkPool, default_image_work
@@ -61,7 +62,9 @@ class UpstreamImage:
     only if someone needs the bytes: when the format already is the one the client asked for,
     the service sniffs and measures a decoded prefix (`head`) and passes the base64 through
     to the response unchanged, saving a 4 MB decode and re-encode per 1024 px image. The
-    adapter has checked the text is strict base64 (`codec.check_b64`) before building this.
+    adapter has checked the text is strict base64 (`codec.check_b64`) before building this;
+    it may be a `memoryview` into the provider's answer (`app.adapters.b64_fields`), so the
+    text is never copied on its way to the response.
     """
 
     __slots__ = ("_b64", "_data", "revised_prompt")
@@ -71,7 +74,7 @@ class UpstreamImage:
         data: bytes | None = None,
         revised_prompt: str | None = None,
         *,
-        b64: bytes | None = None,
+        b64: bytes | memoryview | None = None,
     ) -> None:
         if (data is None) == (b64 is None):
             raise ValueError("give exactly one of data and b64")
@@ -83,15 +86,15 @@ class UpstreamImage:
     def data(self) -> bytes:
         if self._data is None:
             assert self._b64 is not None
-            self._data = base64.b64decode(self._b64)
+            self._data = pybase64.b64decode(self._b64)
         return self._data
 
     @property
-    def b64(self) -> bytes:
+    def b64(self) -> bytes | memoryview:
         """The standard base64 of the image (the provider's own text when it sent one)."""
         if self._b64 is None:
             assert self._data is not None
-            self._b64 = base64.b64encode(self._data)
+            self._b64 = pybase64.b64encode(self._data)
         return self._b64
 
     def head(self, size: int) -> bytes:
@@ -101,7 +104,7 @@ class UpstreamImage:
             return self._data[:size]
         assert self._b64 is not None
         chars = -(-size // 3) * 4  # whole base64 quanta covering `size` bytes
-        return base64.b64decode(self._b64[:chars])
+        return pybase64.b64decode(self._b64[:chars])
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, UpstreamImage):

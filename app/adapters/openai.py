@@ -37,6 +37,7 @@ from typing import Any, Final
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from app.adapters.b64_fields import Lifted, lift_b64_values
 from app.adapters.base import (
     AdapterContext,
     AdapterResult,
@@ -97,7 +98,7 @@ class UpstreamCall:
 class ParsedImage:
     """One `data[]` entry: checked base64 (decoded only on demand), or a URL to download."""
 
-    b64: bytes | None
+    b64: bytes | memoryview | None
     url: str | None
     revised_prompt: str | None
 
@@ -221,9 +222,14 @@ class _WireResponse(BaseModel):
 
 
 def parse_response(body: bytes) -> ParsedResponse:
-    """A 2xx body -> images (base64 decoded here, URLs left to download) and token usage."""
+    """A 2xx body -> images (checked base64, or URLs left to download) and token usage.
+
+    The base64 is lifted out before the parse (`app.adapters.b64_fields`): a 1024 px answer
+    is parsed as a few hundred bytes, and its image stays a view into `body`.
+    """
+    lifted = lift_b64_values(body)
     try:
-        wire = _WireResponse.model_validate_json(body)
+        wire = _WireResponse.model_validate_json(lifted.skeleton)
     except ValidationError as exc:
         raise UpstreamError(
             "provider answered with something that is not an images response"
@@ -231,12 +237,9 @@ def parse_response(body: bytes) -> ParsedResponse:
     images: list[ParsedImage] = []
     for item in wire.data or ():
         if item.b64_json:
-            try:
-                b64 = item.b64_json.encode("ascii")
-                check_b64(b64)  # strict, like a decode, but the bytes may pass through as is
-            except (ImageError, UnicodeEncodeError) as exc:
-                raise UpstreamError("provider returned invalid base64 image data") from exc
-            images.append(ParsedImage(b64, None, item.revised_prompt))
+            images.append(
+                ParsedImage(checked_b64(item.b64_json, lifted), None, item.revised_prompt)
+            )
         elif item.url:
             images.append(ParsedImage(None, item.url, item.revised_prompt))
     if not images:
@@ -245,6 +248,20 @@ def parse_response(body: bytes) -> ParsedResponse:
     if wire.usage is not None:
         usage = TokenUsage(**wire.usage.model_dump())
     return ParsedResponse(images, usage, quality=wire.quality, background=wire.background)
+
+
+def checked_b64(text: str, lifted: Lifted) -> bytes | memoryview:
+    """A parsed `b64_json` string as strict base64 bytes: the lifted view it stands for
+    (checked when lifted), or its own text, checked here; `UpstreamError` if invalid."""
+    view = lifted.value(text)
+    if view is not None:
+        return view
+    try:
+        b64 = text.encode("ascii")
+        check_b64(b64)  # strict, like a decode, but the bytes may pass through as is
+    except (ImageError, UnicodeEncodeError) as exc:
+        raise UpstreamError("provider returned invalid base64 image data") from exc
+    return b64
 
 
 def map_error(

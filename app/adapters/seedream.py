@@ -51,6 +51,7 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from app.adapters.b64_fields import lift_b64_values
 from app.adapters.base import (
     AdapterContext,
     AdapterResult,
@@ -68,6 +69,7 @@ from app.adapters.openai import (
     ParsedImage,
     ParsedResponse,
     UpstreamCall,
+    checked_b64,
     sum_usage,
 )
 from app.adapters.openai import map_error as map_openai_error
@@ -86,7 +88,7 @@ from app.errors import (
     InvalidParameter,
     UpstreamError,
 )
-from app.images.codec import ImageError, check_b64, data_uri, encode_b64, sniff_format
+from app.images.codec import data_uri, encode_b64, sniff_format
 
 DEFAULT_BASE_URL: Final = "https://ark.ap-southeast.bytepluses.com/api/v3"
 #: Ark's limit per call: reference images + generated images
@@ -191,8 +193,9 @@ def parse_response(body: bytes, *, api_key: str | None) -> ParsedResponse:
     Per-image errors of a batch are dropped while at least one image came; with none, the
     first error (per-image or top-level) is raised as its gateway error.
     """
+    lifted = lift_b64_values(body)
     try:
-        wire = _WireResponse.model_validate_json(body)
+        wire = _WireResponse.model_validate_json(lifted.skeleton)
     except ValidationError as exc:
         raise UpstreamError(
             "provider answered with something that is not an images response"
@@ -201,12 +204,7 @@ def parse_response(body: bytes, *, api_key: str | None) -> ParsedResponse:
     errors: list[_WireError] = []
     for item in wire.data or ():
         if item.b64_json:
-            try:
-                b64 = item.b64_json.encode("ascii")
-                check_b64(b64)
-                images.append(ParsedImage(b64, None, None))
-            except (ImageError, UnicodeEncodeError) as exc:
-                raise UpstreamError("provider returned invalid base64 image data") from exc
+            images.append(ParsedImage(checked_b64(item.b64_json, lifted), None, None))
         elif item.url:
             images.append(ParsedImage(None, item.url, None))
         elif item.error is not None:

@@ -21,7 +21,6 @@ caller decides whether bad bytes are the client's fault (400) or the provider's 
 
 from __future__ import annotations
 
-import base64
 import binascii
 import io
 import struct
@@ -29,6 +28,7 @@ from collections.abc import Callable
 from typing import Final, Literal
 
 import anyio.to_thread
+import pybase64
 from PIL import Image
 
 from app.errors import InvalidRequest
@@ -353,7 +353,7 @@ def _for_format(image: Image.Image, fmt: ImageFormat) -> Image.Image:
     return image.convert("RGBA" if "transparency" in image.info else "RGB")
 
 
-def decode_b64(text: str | bytes) -> bytes:
+def decode_b64(text: str | bytes | memoryview) -> bytes:
     """Strict standard base64 (no whitespace, no URL-safe alphabet); `ImageError` otherwise.
 
     `binascii.a2b_base64` reads an ASCII `str` in place, where `base64.b64decode` would first
@@ -376,19 +376,18 @@ def b64_decoded_size(text: str, start: int = 0) -> int:
     return max(0, chars // 4 * 3 + max(0, chars % 4 - 1) - padding)
 
 
-_B64_ALPHABET: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-
-
-def check_b64(text: bytes) -> None:
-    """Raise `ImageError` unless `text` is strict standard base64 (what `decode_b64` accepts),
-    without decoding it: one C-speed pass (~4 ms for 4 MB, a fifth of a decode)."""
-    rest = text.translate(None, _B64_ALPHABET)
-    if len(text) % 4 or rest not in (b"", b"=", b"==") or not text.endswith(rest):
-        raise ImageError("invalid base64 image data")
+def check_b64(text: bytes | memoryview) -> None:
+    """Raise `ImageError` unless `text` is strict standard base64 (exactly what `decode_b64`
+    accepts), keeping nothing: pybase64's SIMD decode with `validate=True` checks 4 MB in
+    ~1 ms, where a pure alphabet scan (`bytes.translate`) took ~4 ms."""
+    try:
+        pybase64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ImageError("invalid base64 image data") from exc
 
 
 def encode_b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+    return pybase64.b64encode(data).decode("ascii")
 
 
 def data_uri(fmt: ImageFormat, b64: str) -> str:

@@ -60,7 +60,7 @@ class FinishedImage:
         return self.source.data
 
     @property
-    def b64(self) -> bytes:
+    def b64(self) -> bytes | memoryview:
         return self.source.b64
 
     @property
@@ -209,7 +209,7 @@ def render_body(
     else:
         opening = b'{"b64_json":"'
     # one join: the (multi-megabyte) base64 of each image is copied exactly once
-    parts: list[bytes] = [head[:-1], b',"data":[']
+    parts: list[bytes | memoryview] = [head[:-1], b',"data":[']
     for index, image in enumerate(images):
         extra: dict[str, Any] = {"index": index}
         if image.revised_prompt is not None:

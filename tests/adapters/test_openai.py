@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import io
+import os
 import socket
 import time
 from dataclasses import replace
 
+import orjson
 import pytest
+from PIL import Image
 
 from app.adapters.base import AdapterContext, ImageRequest
 from app.adapters.openai import OpenAIAdapter
@@ -304,6 +309,53 @@ async def test_unusable_success_answers(
     upstream.fail_next(200, body)
 
     with pytest.raises(UpstreamError):
+        await make_adapter(upstream, context).generate(make_request(), upstream_model="gpt-image-1")
+
+
+def noise_png(px: int) -> bytes:
+    """Incompressible pixels: a PNG of ~3 bytes per pixel, like a photo-sized answer."""
+    buffer = io.BytesIO()
+    Image.frombytes("RGB", (px, px), os.urandom(px * px * 3)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("escaped_slashes", [False, True], ids=["plain", "slashes-escaped"])
+async def test_a_large_b64_answer_arrives_unchanged(
+    upstream: MockOpenAIUpstream, context: AdapterContext, escaped_slashes: bool
+) -> None:
+    png = noise_png(384)
+    b64 = base64.b64encode(png)
+    answer = orjson.dumps(
+        {
+            "created": 1,
+            "data": [{"b64_json": b64.decode(), "revised_prompt": 'a "b64_json": fox'}],
+            "quality": "high",
+            "usage": {"input_tokens": 3, "output_tokens": 40, "total_tokens": 43},
+        }
+    )
+    if escaped_slashes:  # `\/` is valid JSON for `/`: the full parse reads it
+        answer = answer.replace(b"/", b"\\/")
+    upstream.fail_next(200, answer)
+
+    result = await make_adapter(upstream, context).generate(
+        make_request(), upstream_model="gpt-image-1"
+    )
+
+    [image] = result.images
+    assert (bytes(image.b64), image.data) == (b64, png)
+    assert image.revised_prompt == 'a "b64_json": fox'
+    assert (result.quality, result.usage and result.usage.total_tokens) == ("high", 43)
+
+
+@pytest.mark.parametrize("damage", [b"@", b" ", b"=", b"\\n"])
+async def test_large_invalid_base64_is_refused(
+    upstream: MockOpenAIUpstream, context: AdapterContext, damage: bytes
+) -> None:
+    b64 = base64.b64encode(noise_png(128))
+    broken = b64[:5000] + damage + b64[5000:]
+    upstream.fail_next(200, b'{"data": [{"b64_json": "' + broken + b'"}]}')
+
+    with pytest.raises(UpstreamError, match="invalid base64"):
         await make_adapter(upstream, context).generate(make_request(), upstream_model="gpt-image-1")
 
 

@@ -4,12 +4,17 @@ identical to the non-streaming call (the books are checked after every test)."""
 
 from __future__ import annotations
 
+import base64
+import io
+import os
 import time
 from typing import Any
 
 import httpx
 import openai
+import orjson
 import pytest
+from PIL import Image
 
 from tests.e2e.conftest import Env
 from tests.e2e.helpers import PREVIEW_PARTIALS_MODEL, balance, decode
@@ -103,6 +108,32 @@ def test_stream_through_openai_adapter_carries_token_usage(env: Env) -> None:
     assert usage["output_tokens"] > 0
     assert events[0].quality == "low"
     assert balance(env) == before - 11_000
+
+
+def test_a_large_image_reaches_the_client_byte_for_byte_plain_and_streamed(env: Env) -> None:
+    """A photo-sized answer (its base64 passed through, never parsed as a string) arrives
+    exactly as the provider sent it, in the JSON body and in the completed event alike."""
+    b64 = base64.b64encode(noise_png(512)).decode()
+    answer = {"created": 1, "data": [{"b64_json": b64}], "quality": "low", "background": "opaque"}
+    env.upstream.fail_next(200, orjson.dumps(answer), times=2)
+    client = env.client()
+
+    plain = client.images.generate(model="gpt-image-1", prompt="x", size="1024x1024")
+    events = list(
+        client.images.generate(model="gpt-image-1", prompt="x", size="1024x1024", stream=True)
+    )
+
+    assert plain.data is not None and plain.data[0].b64_json == b64
+    assert (plain.size, plain.quality, plain.background) == ("512x512", "low", "opaque")
+    [event] = events
+    assert event.type == "image_generation.completed"
+    assert (event.b64_json, event.size, event.quality) == (b64, "512x512", "low")
+
+
+def noise_png(px: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.frombytes("RGB", (px, px), os.urandom(px * px * 3)).save(buffer, "PNG")
+    return buffer.getvalue()
 
 
 def test_upstream_failure_after_the_stream_started_is_an_error_event(env: Env) -> None:
