@@ -120,6 +120,8 @@ class CountedPool(AsyncAdaptedQueuePool):
     a busy pool. The counts survive `engine.dispose()` (which recreates the pool)."""
 
     _queue_class = CountedQueue
+    #: SQLAlchemy's own logger for the pool, so its level floor (`app.observability.logs`) holds
+    _sqla_logger_namespace = "sqlalchemy.pool.impl.AsyncAdaptedQueuePool"
 
     def __init__(self, creator: Any, pool_size: int = 5, **kwargs: Any) -> None:
         super().__init__(creator, pool_size=pool_size, **kwargs)

@@ -135,3 +135,9 @@ async def test_an_urgent_checkout_that_times_out_leaves_the_pool_whole(tmp_path:
         assert (gauge.in_use(), gauge.waits()) == (0, 1)
     finally:
         await engine.dispose()
+
+
+def test_the_pool_logs_under_sqlalchemys_name(tmp_path: Path) -> None:
+    """So the `sqlalchemy.pool` level floor keeps its INFO lines out of operators' output."""
+    engine = make_engine(f"sqlite:///{tmp_path}/pool.db", pool_size=1)
+    assert engine.sync_engine.pool.logger.name.startswith("sqlalchemy.pool.")
