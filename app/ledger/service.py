@@ -66,6 +66,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.faults import DatabaseUnavailable, is_outage
+from app.db.pool import urgent_checkouts
 from app.db.storable import storable_text
 from app.errors import (
     Conflict,
@@ -94,7 +95,6 @@ from app.ledger.repository import (
 from app.money import MAX_AMOUNT_MICROS, MoneyError, check_amount, max_usd_text
 from app.observability import metrics, tracing
 from app.observability.facts import note_model, note_settled
-from app.pools import Occupancy
 from app.webhooks.events import EventDraft, budget_reached
 from app.webhooks.outbox import OutboxRepository
 
@@ -156,8 +156,6 @@ class Ledger:
         self._engine = engine
         #: the calendar of budget windows (UTC instant); injectable for tests
         self._clock = clock
-        #: money statements holding or waiting for a pooled connection (the queueing signal)
-        self.occupancy = Occupancy("database", _pool_size(engine))
         self._postgres = engine.dialect.name == "postgresql"
         self._in_flight: set[asyncio.Future[Any]] = set()
         #: (key, window) whose budget.reached is in the outbox (this process knows)
@@ -175,17 +173,13 @@ class Ledger:
     @asynccontextmanager
     async def _atomic(self) -> AsyncIterator[LedgerRepository]:
         """Postgres: one autocommitted statement per call. SQLite: one write transaction."""
-        self.occupancy.enter()
-        try:
-            with _database_errors():
-                if self._postgres:
-                    async with self._autocommit.connect() as connection:
-                        yield LedgerRepository(connection)
-                else:
-                    async with self._engine.begin() as connection:
-                        yield LedgerRepository(connection)
-        finally:
-            self.occupancy.leave()
+        with _database_errors():
+            if self._postgres:
+                async with self._autocommit.connect() as connection:
+                    yield LedgerRepository(connection)
+            else:
+                async with self._engine.begin() as connection:
+                    yield LedgerRepository(connection)
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[LedgerRepository]:
@@ -395,14 +389,19 @@ class Ledger:
             ) from exc
 
     async def _debit_alone(self, hold: HoldRequest) -> int | None:
-        """Postgres: the single-hold statement (the balance after, or None: refused)."""
-        async with self._atomic() as repo:
-            return await repo.debit_if_covered(hold)
+        """Postgres: the single-hold statement (the balance after, or None: refused).
+
+        Holds gate provider calls, so they take the head of a busy pool's queue
+        (`urgent_checkouts`): at most one per account is in flight (`app.ledger.batching`)."""
+        with urgent_checkouts():
+            async with self._atomic() as repo:
+                return await repo.debit_if_covered(hold)
 
     async def _debit_batch(self, holds: Sequence[HoldRequest]) -> dict[str, int]:
         """Postgres: fast-path holds on one account in one statement (`app.ledger.batching`)."""
-        async with self._atomic() as repo:
-            return await repo.debit_batch_if_covered(holds[0].account_id, holds)
+        with urgent_checkouts():
+            async with self._atomic() as repo:
+                return await repo.debit_batch_if_covered(holds[0].account_id, holds)
 
     async def check_key(self, *, account_id: str, key_id: str, key_hash: str | None) -> None:
         """Raise what a hold would (401/403) if this key may not act for the account now.
@@ -812,11 +811,6 @@ class Ledger:
         if pair is None:
             raise account_not_found(account_id)
         return pair
-
-
-def _pool_size(engine: AsyncEngine) -> int:
-    size = getattr(engine.pool, "size", None)
-    return int(size()) if callable(size) else 1
 
 
 def _check_amount(micros: int, param: str) -> None:
