@@ -27,6 +27,7 @@ import logging
 import sqlite3
 from typing import Any
 
+import asyncpg
 from sqlalchemy import event
 from sqlalchemy.engine import Dialect, ExceptionContext
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -75,6 +76,8 @@ def is_outage(exc: BaseException) -> bool:
         return False
     if isinstance(exc, InterfaceError | OperationalError | sqlite3.OperationalError):
         return True
+    if isinstance(exc, asyncpg.InterfaceError):  # raw driver use (`app.db.raw`): closed
+        return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
     code = sqlstate(exc)
@@ -91,7 +94,7 @@ def _is_schema_error(exc: BaseException) -> bool:
     return message.startswith("no such ") or "syntax error" in message
 
 
-def _connection_still_good(exc: BaseException) -> bool:
+def connection_still_good(exc: BaseException) -> bool:
     """The database answered "not now" on a working connection: keep it in the pool."""
     return sqlstate(exc) == _STATEMENT_CANCELLED or isinstance(exc, sqlite3.OperationalError)
 
@@ -101,7 +104,7 @@ def _on_error(context: ExceptionContext) -> BaseException | None:
     wrapped = context.sqlalchemy_exception
     if not (is_outage(original) or (wrapped is not None and is_outage(wrapped))):
         return None
-    if not _connection_still_good(original):
+    if not connection_still_good(original):
         # no answer, or a broken connection: its state is unknown, so never reuse it
         context.is_disconnect = True
     logger.error("database unavailable: %s: %s", type(original).__name__, original)

@@ -18,7 +18,7 @@ naive UTC text with microseconds, the form SQLAlchemy stores and compares.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -245,20 +245,7 @@ class LedgerRepository:
         Only if the key is usable, the account active and the balance covers the amount.
         """
         if self._postgres:
-            params = {
-                "request_id": hold.request_id,
-                "account_id": hold.account_id,
-                "key_id": hold.key_id,
-                "model": hold.model,
-                "amount": hold.amount_micros,
-                "endpoint": hold.endpoint,
-                "user": hold.user,
-                "client_request_id": hold.client_request_id,
-                "key_hash": hold.key_hash,
-                "budgeted": hold.budgeted,
-                "budget_windows": hold.budget_windows,
-            }
-            row = (await self._conn.execute(postgres_sql.HOLD, params)).first()
+            row = (await self._conn.execute(postgres_sql.HOLD, hold_params(hold))).first()
             return int(row.balance_micros) if row else None
         now = utc_now()
         usable_key = exists().where(
@@ -321,18 +308,9 @@ class LedgerRepository:
         Debits every item whose key is usable, or none of them if the balance does not cover
         them all; the balance after each item held, by request id (the others: not held).
         """
-        params = {
-            "account_id": account_id,
-            "request_ids": [hold.request_id for hold in holds],
-            "key_ids": [hold.key_id for hold in holds],
-            "key_hashes": [hold.key_hash for hold in holds],
-            "amounts": [hold.amount_micros for hold in holds],
-            "models": [hold.model for hold in holds],
-            "endpoints": [hold.endpoint for hold in holds],
-            "users": [hold.user for hold in holds],
-            "client_request_ids": [hold.client_request_id for hold in holds],
-        }
-        result = await self._conn.execute(postgres_sql.HOLD_BATCH, params)
+        result = await self._conn.execute(
+            postgres_sql.HOLD_BATCH, hold_batch_params(account_id, holds)
+        )
         return {row.request_id: int(row.balance_after) for row in result}
 
     async def hold_facts(
@@ -384,27 +362,19 @@ class LedgerRepository:
     ) -> FinishedRequest | None:
         """pending -> settled/swept, once; refunds `held - min(cost, held)`. None: not pending."""
         if self._postgres:
-            params = {
-                "request_id": request_id,
-                "new_state": new_state,
-                "cost": cost_micros,
-                "images": images,
-                "status_code": status_code,
-                "error_code": error_code,
-                "latency_ms": latency_ms,
-                "note": note,
-                "route": route,
-            }
-            row = (await self._conn.execute(postgres_sql.FINISH, params)).first()
-            if row is None:
-                return None
-            return FinishedRequest(
-                held_micros=int(row.held_micros),
-                cost_micros=int(row.cost_micros),
-                refund_micros=int(row.refund or 0),
-                balance_after_micros=None if row.balance_after is None else int(row.balance_after),
-                model=row.model,
+            params = finish_params(
+                request_id=request_id,
+                new_state=new_state,
+                cost_micros=cost_micros,
+                images=images,
+                status_code=status_code,
+                error_code=error_code,
+                latency_ms=latency_ms,
+                note=note,
+                route=route,
             )
+            row = (await self._conn.execute(postgres_sql.FINISH, params)).first()
+            return None if row is None else finished_request(row._mapping)
         clamped = case(
             (RequestLog.held_micros < cost_micros, RequestLog.held_micros), else_=cost_micros
         )
@@ -471,26 +441,8 @@ class LedgerRepository:
     ) -> dict[str, FinishedRequest]:
         """Postgres: pending -> settled for every request whose cost covers its hold (nothing
         to refund), in one statement; the others are left as they are (not returned)."""
-        params = {
-            "request_ids": [s.request_id for s in settles],
-            "costs": [s.cost_micros for s in settles],
-            "images": [s.images for s in settles],
-            "status_codes": [s.status_code for s in settles],
-            "error_codes": [s.error_code for s in settles],
-            "latencies": [s.latency_ms for s in settles],
-            "routes": [s.route for s in settles],
-        }
-        result = await self._conn.execute(postgres_sql.SETTLE_BATCH, params)
-        return {
-            row.id: FinishedRequest(
-                held_micros=int(row.held_micros),
-                cost_micros=int(row.held_micros),
-                refund_micros=0,
-                balance_after_micros=None,
-                model=row.model,
-            )
-            for row in result
-        }
+        result = await self._conn.execute(postgres_sql.SETTLE_BATCH, settle_batch_params(settles))
+        return settled_keeping_holds(row._mapping for row in result)
 
     async def request_state(self, request_id: str) -> str | None:
         result = await self._conn.execute(
@@ -566,3 +518,96 @@ class LedgerRepository:
         )
         row: Row[Any] | None = result.first()
         return int(row[0]) if row else None
+
+
+# the Postgres money statements' parameters and rows (here, and raw in `app.ledger.hot`) -----
+def hold_params(hold: HoldRequest) -> dict[str, Any]:
+    return {
+        "request_id": hold.request_id,
+        "account_id": hold.account_id,
+        "key_id": hold.key_id,
+        "model": hold.model,
+        "amount": hold.amount_micros,
+        "endpoint": hold.endpoint,
+        "user": hold.user,
+        "client_request_id": hold.client_request_id,
+        "key_hash": hold.key_hash,
+        "budgeted": hold.budgeted,
+        "budget_windows": hold.budget_windows,
+    }
+
+
+def hold_batch_params(account_id: str, holds: Sequence[HoldRequest]) -> dict[str, Any]:
+    return {
+        "account_id": account_id,
+        "request_ids": [hold.request_id for hold in holds],
+        "key_ids": [hold.key_id for hold in holds],
+        "key_hashes": [hold.key_hash for hold in holds],
+        "amounts": [hold.amount_micros for hold in holds],
+        "models": [hold.model for hold in holds],
+        "endpoints": [hold.endpoint for hold in holds],
+        "users": [hold.user for hold in holds],
+        "client_request_ids": [hold.client_request_id for hold in holds],
+    }
+
+
+def finish_params(
+    *,
+    request_id: str,
+    new_state: str,
+    cost_micros: int,
+    images: int,
+    status_code: int | None,
+    error_code: str | None,
+    latency_ms: int | None,
+    note: str,
+    route: str | None,
+) -> dict[str, Any]:
+    return {
+        "request_id": request_id,
+        "new_state": new_state,
+        "cost": cost_micros,
+        "images": images,
+        "status_code": status_code,
+        "error_code": error_code,
+        "latency_ms": latency_ms,
+        "note": note,
+        "route": route,
+    }
+
+
+def finished_request(row: Any) -> FinishedRequest:
+    """FINISH's row (a SQLAlchemy `Row` or an asyncpg `Record`)."""
+    return FinishedRequest(
+        held_micros=int(row["held_micros"]),
+        cost_micros=int(row["cost_micros"]),
+        refund_micros=int(row["refund"] or 0),
+        balance_after_micros=None if row["balance_after"] is None else int(row["balance_after"]),
+        model=row["model"],
+    )
+
+
+def settle_batch_params(settles: Sequence[SettleRequest]) -> dict[str, Any]:
+    return {
+        "request_ids": [s.request_id for s in settles],
+        "costs": [s.cost_micros for s in settles],
+        "images": [s.images for s in settles],
+        "status_codes": [s.status_code for s in settles],
+        "error_codes": [s.error_code for s in settles],
+        "latencies": [s.latency_ms for s in settles],
+        "routes": [s.route for s in settles],
+    }
+
+
+def settled_keeping_holds(rows: Iterable[Any]) -> dict[str, FinishedRequest]:
+    """SETTLE_BATCH's rows (SQLAlchemy `Row`s or asyncpg `Record`s)."""
+    return {
+        row["id"]: FinishedRequest(
+            held_micros=int(row["held_micros"]),
+            cost_micros=int(row["held_micros"]),
+            refund_micros=0,
+            balance_after_micros=None,
+            model=row["model"],
+        )
+        for row in rows
+    }

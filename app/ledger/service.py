@@ -67,6 +67,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.faults import DatabaseUnavailable, is_outage
 from app.db.pool import urgent_checkouts
+from app.db.raw import raw_connection
 from app.db.storable import storable_text
 from app.errors import (
     Conflict,
@@ -84,6 +85,7 @@ from app.ledger.budgets import (
     check_timezone,
     window_of,
 )
+from app.ledger.hot import HotStatements
 from app.ledger.records import AccountRecord, LedgerRow, SettleOutcome, SettleState, utc_now
 from app.ledger.refusals import account_not_found, hold_refusal, key_refusal, usd
 from app.ledger.repository import (
@@ -180,6 +182,23 @@ class Ledger:
             else:
                 async with self._engine.begin() as connection:
                     yield LedgerRepository(connection)
+
+    @asynccontextmanager
+    async def _hot(self) -> AsyncIterator[HotStatements]:
+        """Postgres: one per-request money statement on the asyncpg connection itself, out
+        of the same pool (`app.ledger.hot`, `app.db.raw`)."""
+        with _database_errors():
+            async with raw_connection(self._engine) as connection:
+                yield HotStatements(connection)
+
+    @asynccontextmanager
+    async def _finishing(self) -> AsyncIterator[HotStatements | LedgerRepository]:
+        if self._postgres:
+            async with self._hot() as statements:
+                yield statements
+        else:
+            async with self._atomic() as repo:
+                yield repo
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[LedgerRepository]:
@@ -394,14 +413,14 @@ class Ledger:
         Holds gate provider calls, so they take the head of a busy pool's queue
         (`urgent_checkouts`): at most one per account is in flight (`app.ledger.batching`)."""
         with urgent_checkouts():
-            async with self._atomic() as repo:
-                return await repo.debit_if_covered(hold)
+            async with self._hot() as statements:
+                return await statements.debit_if_covered(hold)
 
     async def _debit_batch(self, holds: Sequence[HoldRequest]) -> dict[str, int]:
         """Postgres: fast-path holds on one account in one statement (`app.ledger.batching`)."""
         with urgent_checkouts():
-            async with self._atomic() as repo:
-                return await repo.debit_batch_if_covered(holds[0].account_id, holds)
+            async with self._hot() as statements:
+                return await statements.debit_batch_if_covered(holds[0].account_id, holds)
 
     async def check_key(self, *, account_id: str, key_id: str, key_hash: str | None) -> None:
         """Raise what a hold would (401/403) if this key may not act for the account now.
@@ -648,8 +667,8 @@ class Ledger:
 
     async def _settle_batch(self, settles: Sequence[SettleRequest]) -> dict[str, FinishedRequest]:
         """Postgres: the settles that refund nothing, in one statement (`SETTLE_BATCH`)."""
-        async with self._atomic() as repo:
-            return await repo.settle_batch_keeping_holds(settles)
+        async with self._hot() as statements:
+            return await statements.settle_batch_keeping_holds(settles)
 
     async def _finish_alone(
         self,
@@ -666,7 +685,7 @@ class Ledger:
     ) -> FinishedRequest | None:
         for attempt in range(_HOLD_ATTEMPTS):
             try:
-                async with self._atomic() as repo:
+                async with self._finishing() as repo:
                     return await repo.finish_if_pending(
                         request_id=request_id,
                         new_state=new_state,
