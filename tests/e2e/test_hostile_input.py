@@ -188,6 +188,9 @@ def test_malformed_json_edits_are_400(env: Env, body: bytes) -> None:
         b'{"model": "local-preview", "prompt": []}',
         b'{"model": "local-preview", "prompt": "x", "n": 1.5}',
         b"\x00" * 100,
+        # nested past what orjson writes back (254) or reads (1024): a 4xx, never a 500
+        b'{"model": "local-preview", "prompt": "x", "user": ' + b"[" * 300 + b"]" * 300 + b"}",
+        b'{"model": "local-preview", "prompt": "x", "extra": ' + b"[" * 2000 + b"]" * 2000 + b"}",
     ],
 )
 def test_malformed_generations_are_400(env: Env, body: bytes) -> None:
