@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from app.db.faults import DatabaseUnavailable
-from app.ledger.repository import FinishedRequest, HoldRequest, SettleRequest
+from app.ledger.repository import Finish, FinishedRequest, HoldRequest
 
 logger = logging.getLogger(__name__)
 
@@ -178,9 +178,9 @@ def hold_lanes(
 
 
 def settle_lanes(
-    one: Callable[[SettleRequest], Awaitable[FinishedRequest | None]],
-    many: Callable[[Sequence[SettleRequest]], Awaitable[dict[str, FinishedRequest]]],
-) -> Lanes[SettleRequest, FinishedRequest]:
+    one: Callable[[Finish], Awaitable[FinishedRequest | None]],
+    many: Callable[[Sequence[Finish]], Awaitable[dict[str, FinishedRequest]]],
+) -> Lanes[Finish, FinishedRequest]:
     """Settles: one lane per process (they lock only their own request_log rows; batching
     saves the statements and commits, not lock waits)."""
     return Lanes(one, many, lane=lambda _: "settles", ident=lambda settle: settle.request_id)

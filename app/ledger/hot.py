@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from app.db.raw import RawConnection, RawStatement
 from app.ledger import postgres_sql
 from app.ledger.repository import (
+    Finish,
     FinishedRequest,
     HoldRequest,
-    SettleRequest,
     finish_params,
     finished_request,
     hold_batch_params,
@@ -47,35 +47,12 @@ class HotStatements:
         rows = await self._conn.fetch(HOLD_BATCH, hold_batch_params(account_id, holds))
         return {row["request_id"]: int(row["balance_after"]) for row in rows}
 
-    async def finish_if_pending(
-        self,
-        *,
-        request_id: str,
-        new_state: str,
-        cost_micros: int,
-        images: int,
-        status_code: int | None,
-        error_code: str | None,
-        latency_ms: int | None,
-        note: str,
-        route: str | None = None,
-    ) -> FinishedRequest | None:
-        params = finish_params(
-            request_id=request_id,
-            new_state=new_state,
-            cost_micros=cost_micros,
-            images=images,
-            status_code=status_code,
-            error_code=error_code,
-            latency_ms=latency_ms,
-            note=note,
-            route=route,
-        )
-        rows = await self._conn.fetch(FINISH, params)
+    async def finish_if_pending(self, finish: Finish) -> FinishedRequest | None:
+        rows = await self._conn.fetch(FINISH, finish_params(finish))
         return finished_request(rows[0]) if rows else None
 
     async def settle_batch_keeping_holds(
-        self, settles: Sequence[SettleRequest]
+        self, settles: Sequence[Finish]
     ) -> dict[str, FinishedRequest]:
         return settled_keeping_holds(
             await self._conn.fetch(SETTLE_BATCH, settle_batch_params(settles))

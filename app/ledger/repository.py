@@ -93,8 +93,12 @@ class HoldRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class SettleRequest:
-    """One request's settle (`finish_if_pending` with new_state 'settled')."""
+class Finish:
+    """One request's end: its settle (`new_state` 'settled') or its sweep ('swept').
+
+    `finish_if_pending` keeps `min(cost_micros, held)` and refunds the rest of the hold,
+    once; `note` goes on the refund's ledger row, `route` into the request log.
+    """
 
     request_id: str
     cost_micros: int
@@ -104,6 +108,7 @@ class SettleRequest:
     latency_ms: int | None
     note: str
     route: str | None = None
+    new_state: str = "settled"
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,34 +352,12 @@ class LedgerRepository:
             balance_micros=int(account.balance_micros) if account else 0,
         )
 
-    async def finish_if_pending(
-        self,
-        *,
-        request_id: str,
-        new_state: str,
-        cost_micros: int,
-        images: int,
-        status_code: int | None,
-        error_code: str | None,
-        latency_ms: int | None,
-        note: str,
-        route: str | None = None,
-    ) -> FinishedRequest | None:
+    async def finish_if_pending(self, finish: Finish) -> FinishedRequest | None:
         """pending -> settled/swept, once; refunds `held - min(cost, held)`. None: not pending."""
         if self._postgres:
-            params = finish_params(
-                request_id=request_id,
-                new_state=new_state,
-                cost_micros=cost_micros,
-                images=images,
-                status_code=status_code,
-                error_code=error_code,
-                latency_ms=latency_ms,
-                note=note,
-                route=route,
-            )
-            row = (await self._conn.execute(postgres_sql.FINISH, params)).first()
+            row = (await self._conn.execute(postgres_sql.FINISH, finish_params(finish))).first()
             return None if row is None else finished_request(row._mapping)
+        request_id, cost_micros = finish.request_id, finish.cost_micros
         clamped = case(
             (RequestLog.held_micros < cost_micros, RequestLog.held_micros), else_=cost_micros
         )
@@ -383,13 +366,13 @@ class LedgerRepository:
                 update(RequestLog)
                 .where(RequestLog.id == request_id, RequestLog.state == "pending")
                 .values(
-                    state=new_state,
+                    state=finish.new_state,
                     cost_micros=clamped,
-                    images=images,
-                    status_code=status_code,
-                    error_code=error_code,
-                    latency_ms=latency_ms,
-                    route=route,
+                    images=finish.images,
+                    status_code=finish.status_code,
+                    error_code=finish.error_code,
+                    latency_ms=finish.latency_ms,
+                    route=finish.route,
                     finished_at=utc_now(),
                 )
                 .returning(
@@ -426,7 +409,7 @@ class LedgerRepository:
                 key_id=finished.key_id,
                 request_id=request_id,
                 model=finished.model,
-                note=note,
+                note=finish.note,
             )
         return FinishedRequest(
             held_micros=int(finished.held_micros),
@@ -437,7 +420,7 @@ class LedgerRepository:
         )
 
     async def settle_batch_keeping_holds(
-        self, settles: Sequence[SettleRequest]
+        self, settles: Sequence[Finish]
     ) -> dict[str, FinishedRequest]:
         """Postgres: pending -> settled for every request whose cost covers its hold (nothing
         to refund), in one statement; the others are left as they are (not returned)."""
@@ -551,28 +534,17 @@ def hold_batch_params(account_id: str, holds: Sequence[HoldRequest]) -> dict[str
     }
 
 
-def finish_params(
-    *,
-    request_id: str,
-    new_state: str,
-    cost_micros: int,
-    images: int,
-    status_code: int | None,
-    error_code: str | None,
-    latency_ms: int | None,
-    note: str,
-    route: str | None,
-) -> dict[str, Any]:
+def finish_params(finish: Finish) -> dict[str, Any]:
     return {
-        "request_id": request_id,
-        "new_state": new_state,
-        "cost": cost_micros,
-        "images": images,
-        "status_code": status_code,
-        "error_code": error_code,
-        "latency_ms": latency_ms,
-        "note": note,
-        "route": route,
+        "request_id": finish.request_id,
+        "new_state": finish.new_state,
+        "cost": finish.cost_micros,
+        "images": finish.images,
+        "status_code": finish.status_code,
+        "error_code": finish.error_code,
+        "latency_ms": finish.latency_ms,
+        "note": finish.note,
+        "route": finish.route,
     }
 
 
@@ -587,7 +559,7 @@ def finished_request(row: Any) -> FinishedRequest:
     )
 
 
-def settle_batch_params(settles: Sequence[SettleRequest]) -> dict[str, Any]:
+def settle_batch_params(settles: Sequence[Finish]) -> dict[str, Any]:
     return {
         "request_ids": [s.request_id for s in settles],
         "costs": [s.cost_micros for s in settles],

@@ -89,10 +89,10 @@ from app.ledger.hot import HotStatements
 from app.ledger.records import AccountRecord, LedgerRow, SettleOutcome, SettleState, utc_now
 from app.ledger.refusals import account_not_found, hold_refusal, key_refusal, usd
 from app.ledger.repository import (
+    Finish,
     FinishedRequest,
     HoldRequest,
     LedgerRepository,
-    SettleRequest,
 )
 from app.money import MAX_AMOUNT_MICROS, MoneyError, check_amount, max_usd_text
 from app.observability import metrics, tracing
@@ -169,7 +169,7 @@ class Ledger:
         #: Postgres: per hot account, one hold statement in flight, the rest batched
         self._lanes = hold_lanes(self._debit_alone, self._debit_batch)
         #: Postgres: one settle statement in flight per process, the rest batched
-        self._settles = settle_lanes(self._settle_alone, self._settle_batch)
+        self._settles = settle_lanes(self._finish_alone, self._settle_batch)
 
     # units of work ---------------------------------------------------------------------
     @asynccontextmanager
@@ -574,15 +574,16 @@ class Ledger:
         with tracing.span("ledger.settle", {"gateway.cost_micros": cost_micros}) as span:
             finished = await self._shielded(
                 self._finish(
-                    request_id=request_id,
-                    new_state="settled",
-                    cost_micros=cost_micros,
-                    images=images,
-                    status_code=status_code,
-                    error_code=error_code,
-                    latency_ms=latency_ms,
-                    note=note,
-                    route=route,
+                    Finish(
+                        request_id=request_id,
+                        cost_micros=cost_micros,
+                        images=images,
+                        status_code=status_code,
+                        error_code=error_code,
+                        latency_ms=latency_ms,
+                        note=note,
+                        route=route,
+                    )
                 )
             )
             if error_code is not None:
@@ -613,94 +614,29 @@ class Ledger:
             balance_after_micros=finished.balance_after_micros,
         )
 
-    async def _finish(
-        self,
-        *,
-        request_id: str,
-        new_state: str,
-        cost_micros: int,
-        images: int,
-        status_code: int | None,
-        error_code: str | None,
-        latency_ms: int | None,
-        note: str,
-        route: str | None = None,
-    ) -> FinishedRequest | None:
-        if self._postgres and new_state == "settled":
-            settle = SettleRequest(
-                request_id=request_id,
-                cost_micros=cost_micros,
-                images=images,
-                status_code=status_code,
-                error_code=error_code,
-                latency_ms=latency_ms,
-                note=note,
-                route=route,
-            )
-            done = await self._settles.run(settle)  # alone, or batched if settles pile up
+    async def _finish(self, finish: Finish) -> FinishedRequest | None:
+        if self._postgres and finish.new_state == "settled":
+            done = await self._settles.run(finish)  # alone, or batched if settles pile up
             if done is not ALONE:
                 return done
-        return await self._finish_alone(
-            request_id=request_id,
-            new_state=new_state,
-            cost_micros=cost_micros,
-            images=images,
-            status_code=status_code,
-            error_code=error_code,
-            latency_ms=latency_ms,
-            note=note,
-            route=route,
-        )
+        return await self._finish_alone(finish)
 
-    async def _settle_alone(self, settle: SettleRequest) -> FinishedRequest | None:
-        return await self._finish_alone(
-            request_id=settle.request_id,
-            new_state="settled",
-            cost_micros=settle.cost_micros,
-            images=settle.images,
-            status_code=settle.status_code,
-            error_code=settle.error_code,
-            latency_ms=settle.latency_ms,
-            note=settle.note,
-            route=settle.route,
-        )
-
-    async def _settle_batch(self, settles: Sequence[SettleRequest]) -> dict[str, FinishedRequest]:
+    async def _settle_batch(self, settles: Sequence[Finish]) -> dict[str, FinishedRequest]:
         """Postgres: the settles that refund nothing, in one statement (`SETTLE_BATCH`)."""
         async with self._hot() as statements:
             return await statements.settle_batch_keeping_holds(settles)
 
-    async def _finish_alone(
-        self,
-        *,
-        request_id: str,
-        new_state: str,
-        cost_micros: int,
-        images: int,
-        status_code: int | None,
-        error_code: str | None,
-        latency_ms: int | None,
-        note: str,
-        route: str | None = None,
-    ) -> FinishedRequest | None:
+    async def _finish_alone(self, finish: Finish) -> FinishedRequest | None:
         for attempt in range(_HOLD_ATTEMPTS):
             try:
                 async with self._finishing() as repo:
-                    return await repo.finish_if_pending(
-                        request_id=request_id,
-                        new_state=new_state,
-                        cost_micros=cost_micros,
-                        images=images,
-                        status_code=status_code,
-                        error_code=error_code,
-                        latency_ms=latency_ms,
-                        note=note,
-                        route=route,
-                    )
+                    return await repo.finish_if_pending(finish)
             except DBAPIError as exc:  # one statement: a deadlock victim moved nothing
                 if not _is_deadlock(exc) or attempt == _HOLD_ATTEMPTS - 1:
                     raise
-                logger.warning("ledger: finishing %s was a deadlock victim; retrying", request_id)
+                logger.warning(
+                    "ledger: finishing %s was a deadlock victim; retrying", finish.request_id
+                )
         raise AssertionError("unreachable")
 
     async def _shielded(self, work: Coroutine[Any, Any, T]) -> T:
@@ -788,14 +724,16 @@ class Ledger:
                 stale = await repo.stale_pending_ids(older_than_s=older_than_s, limit=_SWEEP_BATCH)
             for request_id in stale:
                 finished = await self._finish(
-                    request_id=request_id,
-                    new_state="swept",
-                    cost_micros=0,
-                    images=0,
-                    status_code=None,
-                    error_code="HOLD_EXPIRED",
-                    latency_ms=None,
-                    note="hold expired unsettled (swept)",
+                    Finish(
+                        request_id=request_id,
+                        cost_micros=0,
+                        images=0,
+                        status_code=None,
+                        error_code="HOLD_EXPIRED",
+                        latency_ms=None,
+                        note="hold expired unsettled (swept)",
+                        new_state="swept",
+                    )
                 )
                 if finished is not None:
                     swept += 1
