@@ -21,9 +21,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import httpx
 import pytest
-from httpx_aiohttp import AiohttpTransport
 from sqlalchemy import text
 
 from app.db.engine import make_engine
@@ -115,19 +115,20 @@ def write_catalog(tmp_path: Path, upstream: str, latency_ms: int = 0) -> Path:
 
 
 async def fire(urls: list[str], secret: str, model: str, count: int) -> collections.Counter[int]:
-    # aiohttp's transport: httpcore's pool scans every connection on each request, which at
+    # aiohttp itself: httpx's own pool scans every connection on each request, which at
     # 2,000 connections makes the load generator, not the gateways, the bottleneck
-    limits = httpx.Limits(max_connections=count, max_keepalive_connections=count)
-    transport = AiohttpTransport(limits=limits)
-    async with httpx.AsyncClient(transport=transport, timeout=120) as client:
+    connector = aiohttp.TCPConnector(limit=count, limit_per_host=0)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
         async def one(i: int) -> int:
-            response = await client.post(
+            async with session.post(
                 f"{urls[i % len(urls)]}/v1/images/generations",
                 json={"model": model, "prompt": f"p{i}"},
                 headers={"Authorization": f"Bearer {secret}"},
-            )
-            return response.status_code
+            ) as response:
+                await response.read()
+                return response.status
 
         statuses = await asyncio.gather(*(one(i) for i in range(count)))
     return collections.Counter(statuses)
