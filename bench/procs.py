@@ -83,6 +83,29 @@ def rss_bytes(pids: Sequence[int]) -> int:
     return total
 
 
+#: cores other work may use before a run and the run still count as taken on a quiet machine
+QUIET_CORES = 0.1
+
+
+def _machine_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of the whole machine since boot (`/proc/stat`, line `cpu`)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def machine_busy_cores(seconds: float = 5.0) -> float:
+    """How many cores' worth of CPU the machine spent over `seconds`, measured while the
+    bench itself is idle: what other work on the box would take away from every target.
+    A quiet machine reads ~0.01; the figures of a run that starts above ~0.1 are inflated."""
+    busy0, total0 = _machine_ticks()
+    time.sleep(seconds)
+    busy1, total1 = _machine_ticks()
+    if total1 == total0:
+        return 0.0
+    return (busy1 - busy0) / (total1 - total0) * (os.cpu_count() or 1)
+
+
 @dataclass
 class Usage:
     cpu_s: float = 0.0

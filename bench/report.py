@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.procs import QUIET_CORES
+
 if TYPE_CHECKING:
     from bench.run import Results, Scenario
 
@@ -188,8 +190,7 @@ def render_markdown(rows: list[Row], machine: dict[str, Any], chosen: list[Scena
             "",
             f"- machine: {machine['cpu']}, {machine['cores']} cores, Linux {machine['kernel']}, "
             f"Python {machine['python']}",
-            f"- load average at start: {' '.join(machine['loadavg'])} (other work on the box "
-            "makes req/s noisy; CPU ms/req is the steadier figure)",
+            _quietness(machine),
             f"- commit {machine['commit']}, {machine['date']}, took {machine['duration_s']} s",
             "",
             head,
@@ -226,3 +227,20 @@ def plot(rows: list[Row], path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def _quietness(machine: dict[str, Any]) -> str:
+    """The line that says whether the run had the machine to itself."""
+    load = " ".join(machine["loadavg"])
+    busy = machine.get("busy_cores_before")
+    if busy is None:  # results.json written before the check existed
+        return f"- load average at start: {load}"
+    verdict = (
+        "quiet"
+        if busy <= QUIET_CORES
+        else "NOT QUIET: other work took CPU from every target, so every figure is inflated"
+    )
+    return (
+        f"- other work on the machine before the run: {busy:.2f} cores busy over 5 s "
+        f"({verdict}); load average at start: {load}"
+    )

@@ -27,7 +27,14 @@ from typing import Any
 import asyncpg
 
 from bench import report
-from bench.procs import Sampler, Target, raise_fd_limit, stopping
+from bench.procs import (
+    QUIET_CORES,
+    Sampler,
+    Target,
+    machine_busy_cores,
+    raise_fd_limit,
+    stopping,
+)
 from bench.targets import (
     OPENING_BALANCE_USD,
     ROOT,
@@ -231,6 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     ]
     results = Results()
     started = time.time()
+    loadavg = Path("/proc/loadavg").read_text().split()[:3]
+    busy = machine_busy_cores()
+    if busy > QUIET_CORES:
+        say(
+            f"WARNING: other work on this machine is using {busy:.2f} cores before the run: "
+            "every target's figures will be inflated (RESULTS.md says so)"
+        )
     with stopping(start_targets(args, workdir, say)) as targets:
         by_name = {t.name: t for t in targets}
         for round_no in range(1, rounds + 1):
@@ -260,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         "cores": _cores(),
         "kernel": platform.release(),
         "python": platform.python_version(),
-        "loadavg": Path("/proc/loadavg").read_text().split()[:3],
+        "loadavg": loadavg,
+        "busy_cores_before": round(busy, 3),
         "commit": _git_commit(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
         "duration_s": round(time.time() - started),

@@ -19,3 +19,13 @@ def test_runtime_lock_is_a_consistent_subset_of_the_full_lock() -> None:
     assert runtime, "no pins read"
     assert {name: full.get(name) for name in runtime} == runtime
     assert "pytest" in full and "pytest" not in runtime
+
+
+def test_the_bench_extras_do_not_move_a_package_the_full_lock_pins() -> None:
+    # they are pip-installed into the dev venv on first use: a different pin would silently
+    # replace a locked package there (python-dateutil 4 under botocore, once)
+    extras, full = pins("bench/requirements.txt"), pins("requirements.lock")
+    assert extras, "no pins read"
+    assert {name: full[name] for name in extras if name in full} == {
+        name: version for name, version in extras.items() if name in full
+    }

@@ -8,19 +8,21 @@ report all still work. Nothing here asserts a timing.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from bench.procs import QUIET_CORES, machine_busy_cores
+from bench.report import _quietness
 from tests.support import databases
 
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.postgres
 
-
+@pytest.mark.postgres
 def test_smoke_run_serves_every_scenario_and_writes_the_report(
     tmp_path: Path, postgres_session_url: str
 ) -> None:
@@ -56,3 +58,19 @@ def test_smoke_run_serves_every_scenario_and_writes_the_report(
     results = (tmp_path / "RESULTS.md").read_text()
     assert "SMOKE RUN" in results and "| S8 " in results
     assert raw["machine"]["smoke"] is True
+    assert isinstance(raw["machine"]["busy_cores_before"], float)
+    assert "other work on the machine before the run" in results
+
+
+def test_a_machine_busy_before_the_run_is_measured_and_flagged() -> None:
+    # a child spinning one core: whatever else runs, the machine is at least that busy
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        busy = machine_busy_cores(seconds=1.0)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert QUIET_CORES < 0.4 <= busy <= (os.cpu_count() or 1) + 0.01
+    base = {"loadavg": ["1.00", "0.50", "0.20"]}
+    assert "(quiet)" in _quietness({**base, "busy_cores_before": 0.02})
+    assert "NOT QUIET" in _quietness({**base, "busy_cores_before": busy})
