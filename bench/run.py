@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": rounds,
         "smoke": args.smoke,
     }
-    table = report.build_table(results, chosen)
+    table = report.build_table(results, chosen, cores=_cores())
     print(report.render_text(table))
     (args.out / "results.json").write_text(
         json.dumps({"machine": machine, "runs": results.runs}, indent=1)

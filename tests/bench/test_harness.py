@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from bench import report
 from bench.procs import QUIET_CORES, machine_busy_cores
 from bench.report import _quietness
+from bench.run import Results, scenarios
 from tests.support import databases
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,3 +76,14 @@ def test_a_machine_busy_before_the_run_is_measured_and_flagged() -> None:
     base = {"loadavg": ["1.00", "0.50", "0.20"]}
     assert "(quiet)" in _quietness({**base, "busy_cores_before": 0.02})
     assert "NOT QUIET" in _quietness({**base, "busy_cores_before": busy})
+
+
+def test_s8_is_judged_only_where_the_workers_can_have_cores_of_their_own() -> None:
+    s8 = [s for s in scenarios(False, 1.0) if s.id == "S8"]
+    results = Results()
+    results.add("S8", "gateway", {"ok": 10, "errors": 0, "rps": 100.0, "cpu_ms_per_req": 1.0})
+    results.add("S8", "gateway2", {"ok": 10, "errors": 0, "rps": 150.0, "cpu_ms_per_req": 1.1})
+    (shared,) = report.build_table(results, s8, cores=2)
+    assert shared.met is None and "CPU/req reported (2 cores shared" in report.render_text([shared])
+    (own,) = report.build_table(results, s8, cores=8)
+    assert own.met is False and own.ratio == 1.5
