@@ -36,13 +36,12 @@ from starlette.requests import Request
 from app.errors import InvalidRequest, PayloadTooLarge
 from app.images.codec import MAX_DATA_URI_HEADER
 from app.images.edits import RawText, RequestBody, edit_body_from_json
+from app.json_depth import check_depth
 
 #: a string up to this many bytes stays in the skeleton (short data URIs included)
 INLINE_MAX: Final = 4096
 #: the body without its long strings, and the long strings that are not images, each at most
 MAX_FIELD_BYTES: Final = 2 * 1024 * 1024
-#: how deep arrays and objects may nest in a JSON edit
-MAX_DEPTH: Final = 64
 #: escapes are read by a regular expression, one step each: a body may have this many, plus
 #: one per `ESCAPE_RATIO` bytes (a data URI whose encoder writes "/" as "\/" has one per 64)
 ESCAPE_ALLOWANCE: Final = 256 * 1024
@@ -166,29 +165,14 @@ def parse_split_body(splitter: _Splitter, *, max_image_bytes: int) -> RequestBod
         body = orjson.loads(splitter.skeleton)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"The request body is not valid JSON: {exc.msg}.") from exc
-    containers = splitter.skeleton.count(b"[") + splitter.skeleton.count(b"{")
-    splitter.skeleton = bytearray()
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
-    if containers > MAX_DEPTH:  # else it cannot nest that deep: no walk
-        _check_depth(body)
+    check_depth(body, splitter.skeleton)
+    splitter.skeleton = bytearray()
     if splitter.long_strings:
         _Resolver(splitter.marker, splitter.long_strings).resolve(body)
         splitter.long_strings = []
     return edit_body_from_json(body, max_image_bytes=max_image_bytes)
-
-
-def _check_depth(root: dict[str, Any]) -> None:
-    """400 past `MAX_DEPTH` levels: the body is hashed (Idempotency-Key) and forwarded by
-    orjson, which refuses to write past 254, and no image request nests like that."""
-    stack: list[tuple[Any, int]] = [(root, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise InvalidRequest(f"The request body nests deeper than {MAX_DEPTH} levels.")
-        for value in node.values() if isinstance(node, dict) else node:
-            if isinstance(value, dict | list):
-                stack.append((value, depth + 1))
 
 
 class _Resolver:

@@ -77,6 +77,7 @@ from app.images.results import Delivery, FinishedImage, finish_image, finish_ima
 from app.images.routing import Router
 from app.images.streaming import ImageEventStream, StreamShape
 from app.images.work import ImageWorkPool
+from app.json_depth import check_depth
 from app.keys.auth import AuthenticatedKey
 
 logger = logging.getLogger(__name__)
@@ -125,6 +126,7 @@ def parse_json_object(raw: bytes | bytearray) -> dict[str, Any]:
         raise InvalidRequest(f"The request body is not valid JSON: {exc.msg}.") from exc
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
+    check_depth(body, raw)
     return body
 
 

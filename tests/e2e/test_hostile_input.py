@@ -191,6 +191,8 @@ def test_malformed_json_edits_are_400(env: Env, body: bytes) -> None:
         # nested past what orjson writes back (254) or reads (1024): a 4xx, never a 500
         b'{"model": "local-preview", "prompt": "x", "user": ' + b"[" * 300 + b"]" * 300 + b"}",
         b'{"model": "local-preview", "prompt": "x", "extra": ' + b"[" * 2000 + b"]" * 2000 + b"}",
+        # deeper than any image request (64 levels), in a field the model does not even read
+        b'{"model": "local-preview", "prompt": "x", "x": ' + b'{"a": ' * 100 + b"1" + b"}" * 101,
     ],
 )
 def test_malformed_generations_are_400(env: Env, body: bytes) -> None:
