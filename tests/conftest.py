@@ -1,17 +1,20 @@
 """Shared fixtures: the database backends every storage-touching test runs on.
 
-`database_url` is parametrized over SQLite and Postgres, so a test that takes it runs twice.
+`database_url` is parametrized over SQLite and Postgres, so a test that takes it runs twice;
+`engine` is the application's engine on it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.db.engine import make_engine
 from tests.support import databases
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -49,3 +52,10 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     url: str = request.getfixturevalue("postgres_session_url")
     asyncio.run(databases.truncate_postgres(url))
     return url
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = make_engine(database_url)
+    yield engine
+    await engine.dispose()

@@ -61,13 +61,10 @@ from app.adapters.base import (
     AdapterResult,
     ImageRequest,
     PartialSink,
-    UpstreamImage,
 )
-from app.adapters.concurrency import settle, successes
-from app.adapters.polling import poll
+from app.adapters.polling import download_results, poll
 from app.adapters.upstream_http import (
     deadline,
-    download,
     host_of,
     read_limited,
     redact,
@@ -370,7 +367,13 @@ class FalAdapter:
             raise
         limit = self._context.max_download_bytes * request.n * 4 // 3 + _JSON_OVERHEAD_BYTES
         urls = parse_output(await self._send("GET", job.response_url, limit=limit))
-        return AdapterResult(images=await self._download_all(urls))
+        images = await download_results(
+            self._context,
+            urls,
+            timeout_s=self._timeout_s,
+            allow_private_network=self._allow_private,
+        )
+        return AdapterResult(images=images)
 
     def _checker(self, job: QueueJob) -> Callable[[], Awaitable[bool | None]]:
         misses = 0
@@ -425,22 +428,3 @@ class FalAdapter:
             contextlib.suppress(GatewayError),
         ):
             await self._send("PUT", job.cancel_url)
-
-    async def _download_all(self, urls: list[str]) -> list[UpstreamImage]:
-        """Bytes of every URL, concurrently; a failed download drops its image (the caller
-        bills what came) unless every one failed."""
-
-        def fetch(url: str) -> Callable[[], Awaitable[UpstreamImage]]:
-            async def run() -> UpstreamImage:
-                data = await download(
-                    self._context.http,
-                    url,
-                    max_bytes=self._context.max_download_bytes,
-                    timeout_s=self._timeout_s,
-                    allow_private_network=self._allow_private,
-                )
-                return UpstreamImage(data)
-
-            return run
-
-        return successes(await settle([fetch(url) for url in urls]))

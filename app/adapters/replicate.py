@@ -60,10 +60,9 @@ from app.adapters.base import (
     UpstreamImage,
 )
 from app.adapters.concurrency import settle, successes
-from app.adapters.polling import poll
+from app.adapters.polling import download_results, poll
 from app.adapters.upstream_http import (
     deadline,
-    download,
     host_of,
     read_limited,
     redact,
@@ -363,7 +362,12 @@ class ReplicateAdapter:
                     await self._cancel(latest)
                 raise
         # Never more than was asked (and billed), whatever the model made.
-        return await self._download_all(urls[:n])
+        return await download_results(
+            self._context,
+            urls[:n],
+            timeout_s=self._timeout_s,
+            allow_private_network=self._allow_private,
+        )
 
     async def _send(
         self,
@@ -408,22 +412,3 @@ class ReplicateAdapter:
                 timeout=_CANCEL_TIMEOUT_S,
             ):
                 pass
-
-    async def _download_all(self, urls: list[str]) -> list[UpstreamImage]:
-        """Every output, downloaded concurrently; a failed download drops its image unless
-        every one failed."""
-
-        def fetch(url: str) -> Callable[[], Awaitable[UpstreamImage]]:
-            async def run() -> UpstreamImage:
-                data = await download(
-                    self._context.http,
-                    url,
-                    max_bytes=self._context.max_download_bytes,
-                    timeout_s=self._timeout_s,
-                    allow_private_network=self._allow_private,
-                )
-                return UpstreamImage(data)
-
-            return run
-
-        return successes(await settle([fetch(url) for url in urls]))

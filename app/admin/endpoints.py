@@ -61,7 +61,7 @@ from app.admin.schemas import (
     RequestOut,
     UsageOut,
 )
-from app.admin.service import CreditRequest, CreditService
+from app.admin.service import CreditRequest, CreditService, create_key_from
 from app.api.openapi import error_responses
 from app.catalog.account_pricing import parse_pricing
 from app.db.storable import utc_instant
@@ -171,15 +171,7 @@ async def account_ledger(
 # keys --------------------------------------------------------------------------------
 @router.post("/accounts/{account_id}/keys", status_code=201)
 async def create_key(account_id: str, body: KeyCreate, keys: KeysDep) -> KeyWithSecret:
-    record, secret = await keys.create_key(
-        account_id=account_id,
-        name=body.name,
-        models=body.models,
-        rpm=body.rpm,
-        max_concurrency=body.max_concurrency,
-        expires_at=body.expires_at,
-        budgets=None if body.budgets is None else [b.to_budget() for b in body.budgets],
-    )
+    record, secret = await create_key_from(keys, account_id, body)
     return KeyWithSecret.with_secret(record, secret, await keys.budget_usage(record.id))
 
 

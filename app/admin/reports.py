@@ -284,20 +284,16 @@ def usage_total(rows: list[UsageRow]) -> UsageRow:
     )
 
 
+#: the filters that match a request log column of the same name exactly
+_EXACT_FILTERS = ("account_id", "key_id", "model", "status_code", "state", "error_code")
+
+
 def _conditions(filters: RequestFilter) -> list[ColumnElement[bool]]:
-    conditions: list[ColumnElement[bool]] = []
-    if filters.account_id is not None:
-        conditions.append(_log.c.account_id == filters.account_id)
-    if filters.key_id is not None:
-        conditions.append(_log.c.key_id == filters.key_id)
-    if filters.model is not None:
-        conditions.append(_log.c.model == filters.model)
-    if filters.status_code is not None:
-        conditions.append(_log.c.status_code == filters.status_code)
-    if filters.state is not None:
-        conditions.append(_log.c.state == filters.state)
-    if filters.error_code is not None:
-        conditions.append(_log.c.error_code == filters.error_code)
+    conditions: list[ColumnElement[bool]] = [
+        _log.c[column] == value
+        for column in _EXACT_FILTERS
+        if (value := getattr(filters, column)) is not None
+    ]
     if filters.since is not None:
         conditions.append(_log.c.created_at >= filters.since.astimezone(UTC))
     if filters.until is not None:

@@ -85,16 +85,18 @@ Name = Annotated[
 ]
 
 
-class _Request(BaseModel):
+class AdminRequest(BaseModel):
+    """An admin request body: an unknown field is a 400 (see the module docstring)."""
+
     model_config = ConfigDict(extra="forbid")
 
 
-class AccountCreate(_Request):
+class AccountCreate(AdminRequest):
     name: Name
     balance: Micros = Field(default=0, ge=0)
 
 
-class AccountUpdate(_Request):
+class AccountUpdate(AdminRequest):
     name: Name | None = None
     status: Literal["active", "suspended"] | None = None
     #: IANA zone of the account's calendar (day/month key budgets); validated by the ledger
@@ -108,12 +110,12 @@ class AccountUpdate(_Request):
     pricing: dict[str, Any] | None = None
 
 
-class CreditCreate(_Request):
+class CreditCreate(AdminRequest):
     amount: Micros
     note: Annotated[str, StringConstraints(max_length=1000), AfterValidator(_no_nul)] | None = None
 
 
-class BudgetIn(_Request):
+class BudgetIn(AdminRequest):
     """`{"period": "day" | "month" | "total", "amount": USD}` (SPEC 9)."""
 
     period: Literal["day", "month", "total"]
@@ -123,7 +125,7 @@ class BudgetIn(_Request):
         return Budget(self.period, self.amount)
 
 
-class KeyCreate(_Request):
+class KeyCreate(AdminRequest):
     name: Text
     models: list[Text] | None = None
     rpm: int | None = None
@@ -132,7 +134,7 @@ class KeyCreate(_Request):
     budgets: list[BudgetIn] | None = None
 
 
-class KeyUpdate(_Request):
+class KeyUpdate(AdminRequest):
     """PATCH a key's spend limits: the list replaces them all (`[]` removes every budget)."""
 
     budgets: list[BudgetIn]

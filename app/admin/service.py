@@ -1,4 +1,5 @@
-"""Admin operations that are more than one service call: idempotent credits.
+"""Admin operations that are more than one service call (idempotent credits), or that the
+admin API and the console share (creating a key from its validated body).
 
 `Idempotency-Key` on `POST /accounts/{id}/credits` follows the ledger's `IdempotencyStore`
 flow: the first request with a key runs and its exact response bytes are stored; a repeat with
@@ -13,7 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from app.admin.schemas import KeyCreate
 from app.errors import InvalidParameter
+from app.keys.repository import KeyRecord
+from app.keys.service import KeyService
 from app.ledger.idempotency import MAX_KEY_LENGTH, IdempotencyStore, StoredResponse, request_hash
 from app.ledger.records import LedgerRow
 from app.ledger.service import Ledger
@@ -82,3 +86,18 @@ class CreditService:
         return await self._ledger.credit(
             account_id=request.account_id, amount_micros=request.amount_micros, note=request.note
         )
+
+
+async def create_key_from(
+    keys: KeyService, account_id: str, body: KeyCreate
+) -> tuple[KeyRecord, str]:
+    """`POST /accounts/{id}/keys` (and the console's key form): the key and its secret."""
+    return await keys.create_key(
+        account_id=account_id,
+        name=body.name,
+        models=body.models,
+        rpm=body.rpm,
+        max_concurrency=body.max_concurrency,
+        expires_at=body.expires_at,
+        budgets=None if body.budgets is None else [b.to_budget() for b in body.budgets],
+    )

@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Annotated, Literal, Self
 
 from fastapi import APIRouter, Depends, Path, Request
-from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic import BaseModel, StringConstraints
 
 from app.admin.deps import (
     DEFAULT_PAGE_SIZE,
@@ -28,7 +28,7 @@ from app.admin.deps import (
     reject_unknown_query,
     require_admin,
 )
-from app.admin.schemas import Page
+from app.admin.schemas import AdminRequest, Page
 from app.api.openapi import error_responses
 from app.webhooks.repository import DeliveryRecord, EndpointRecord
 from app.webhooks.service import WebhookService
@@ -54,11 +54,7 @@ def get_webhooks(request: Request) -> WebhookService:
 WebhooksDep = Annotated[WebhookService, Depends(get_webhooks)]
 
 
-class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class EndpointCreate(_Request):
+class EndpointCreate(AdminRequest):
     url: Url
     event_types: list[str]
     description: Description | None = None
@@ -66,7 +62,7 @@ class EndpointCreate(_Request):
     enabled: bool = True
 
 
-class EndpointUpdate(_Request):
+class EndpointUpdate(AdminRequest):
     url: Url | None = None
     event_types: list[str] | None = None
     description: Description | None = None

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from app.admin.schemas import AccountOut, CreditOut, LedgerEntryOut, Page
+from app.admin.schemas import AccountOut, CreditOut, LedgerEntryOut
 from app.catalog.account_pricing import parse_pricing
 from app.cli.common import (
     Cursor,
@@ -19,14 +19,15 @@ from app.cli.common import (
     fail,
     parse_amount,
     print_json,
-    print_more,
+    print_one,
+    print_page,
     print_table,
     run,
     settings_or_exit,
     usd,
     when,
 )
-from app.ledger.records import AccountRecord
+from app.ledger.records import AccountRecord, LedgerRow
 from app.preflight import SetupError, check_catalog
 
 
@@ -38,10 +39,15 @@ def _show_accounts(records: Sequence[AccountRecord]) -> None:
 
 
 def _print_account(account: AccountRecord, as_json: bool) -> None:
-    if as_json:
-        print_json(AccountOut.of(account))
-    else:
-        _show_accounts([account])
+    print_one(account, as_json=as_json, out=AccountOut.of, table=_show_accounts)
+
+
+def _show_entries(rows: Sequence[LedgerRow]) -> None:
+    print_table(
+        ["ID", "KIND", "AMOUNT", "BALANCE", "MODEL", "REQUEST", "NOTE", "CREATED"],
+        [[r.id, r.kind, usd(r.amount_micros), usd(r.balance_after_micros), r.model,
+          r.request_id, r.note, when(r.created_at)] for r in rows],
+    )  # fmt: skip
 
 
 @accounts_cli.command("create")
@@ -61,11 +67,7 @@ def accounts_create(
 def accounts_list(limit: Limit = 50, cursor: Cursor = None, as_json: Json = False) -> None:
     """List accounts in creation order."""
     records, next_cursor = run(lambda s: s.reports.list_accounts(limit=limit, cursor=cursor))
-    if as_json:
-        print_json(Page(data=[AccountOut.of(a) for a in records], next_cursor=next_cursor))
-        return
-    _show_accounts(records)
-    print_more(next_cursor)
+    print_page(records, next_cursor, as_json=as_json, out=AccountOut.of, table=_show_accounts)
 
 
 @accounts_cli.command("show")
@@ -160,12 +162,4 @@ def ledger(
 ) -> None:
     """An account's ledger, newest first: credits, holds, settlements, refunds."""
     rows, next_cursor = run(lambda s: s.ledger.ledger_page(account_id, limit=limit, cursor=cursor))
-    if as_json:
-        print_json(Page(data=[LedgerEntryOut.of(row) for row in rows], next_cursor=next_cursor))
-        return
-    print_table(
-        ["ID", "KIND", "AMOUNT", "BALANCE", "MODEL", "REQUEST", "NOTE", "CREATED"],
-        [[r.id, r.kind, usd(r.amount_micros), usd(r.balance_after_micros), r.model,
-          r.request_id, r.note, when(r.created_at)] for r in rows],
-    )  # fmt: skip
-    print_more(next_cursor)
+    print_page(rows, next_cursor, as_json=as_json, out=LedgerEntryOut.of, table=_show_entries)

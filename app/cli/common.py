@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError
 
 from app.admin.reports import Reports
+from app.admin.schemas import Page
 from app.db.engine import engine_for
 from app.db.faults import DatabaseUnavailable
 from app.errors import GatewayError
@@ -32,6 +33,7 @@ from app.webhooks.dispatcher import DeliveryPolicy, Dispatcher, make_client
 from app.webhooks.service import WebhookService
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 #: exit codes: 1 the operation was refused, 2 the setup (settings, files, services) is wrong
 EXIT_REFUSED = 1
@@ -140,6 +142,33 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> Non
 def print_more(next_cursor: str | None) -> None:
     if next_cursor:
         typer.echo(f"more: --cursor {next_cursor}", err=True)
+
+
+def print_one(
+    record: R, *, as_json: bool, out: Callable[[R], BaseModel], table: Callable[[Sequence[R]], None]
+) -> None:
+    """One record: the admin API's body for it (`--json`), or a table of one row."""
+    if as_json:
+        print_json(out(record))
+    else:
+        table([record])
+
+
+def print_page(
+    records: Sequence[R],
+    next_cursor: str | None,
+    *,
+    as_json: bool,
+    out: Callable[[R], BaseModel],
+    table: Callable[[Sequence[R]], None],
+) -> None:
+    """A list command's page: the admin API's `Page` (`--json`), or a table and, on stderr,
+    the cursor of the next page."""
+    if as_json:
+        print_json(Page(data=[out(record) for record in records], next_cursor=next_cursor))
+        return
+    table(records)
+    print_more(next_cursor)
 
 
 def usd(micros: int) -> str:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from app.admin.schemas import KeyDeleted, KeyOut, KeyWithSecret, Page
+from app.admin.schemas import KeyDeleted, KeyOut, KeyWithSecret
 from app.cli.common import (
     Cursor,
     Json,
@@ -19,7 +19,8 @@ from app.cli.common import (
     parse_amount,
     parse_time,
     print_json,
-    print_more,
+    print_one,
+    print_page,
     print_table,
     run,
     when,
@@ -149,21 +150,14 @@ def keys_list(
     records, next_cursor = run(
         lambda s: s.keys.list_keys(account_id=account_id, limit=limit, cursor=cursor)
     )
-    if as_json:
-        print_json(Page(data=[KeyOut.of(k) for k in records], next_cursor=next_cursor))
-        return
-    _show_keys(records)
-    print_more(next_cursor)
+    print_page(records, next_cursor, as_json=as_json, out=KeyOut.of, table=_show_keys)
 
 
 @keys_cli.command("revoke")
 def keys_revoke(key_id: str, as_json: Json = False) -> None:
     """Revoke a key (running servers stop it within GATEWAY_KEY_CACHE_TTL_S)."""
     record = run(lambda s: s.keys.revoke_key(key_id))
-    if as_json:
-        print_json(KeyOut.of(record))
-    else:
-        _show_keys([record])
+    print_one(record, as_json=as_json, out=KeyOut.of, table=_show_keys)
 
 
 @keys_cli.command("rotate")

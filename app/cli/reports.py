@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Annotated
 
 import typer
 
-from app.admin.reports import GroupBy, RequestFilter, usage_total
-from app.admin.schemas import Page, RequestOut, UsageOut
+from app.admin.reports import GroupBy, RequestFilter, RequestRecord, usage_total
+from app.admin.schemas import RequestOut, UsageOut
 from app.cli.common import (
     Cursor,
     Json,
@@ -16,7 +17,7 @@ from app.cli.common import (
     cli,
     parse_time,
     print_json,
-    print_more,
+    print_page,
     print_table,
     run,
     usd,
@@ -98,12 +99,12 @@ def requests(
     records, next_cursor = run(
         lambda s: s.reports.list_requests(filters, limit=limit, cursor=cursor)
     )
-    if as_json:
-        print_json(Page(data=[RequestOut.of(r) for r in records], next_cursor=next_cursor))
-        return
+    print_page(records, next_cursor, as_json=as_json, out=RequestOut.of, table=_show_requests)
+
+
+def _show_requests(records: Sequence[RequestRecord]) -> None:
     print_table(
         ["ID", "ACCOUNT", "MODEL", "STATE", "STATUS", "CODE", "IMAGES", "COST", "MS", "CREATED"],
         [[r.id, r.account_id, r.model, r.state, r.status_code, r.error_code, r.images,
           usd(r.cost_micros), r.latency_ms, when(r.created_at)] for r in records],
     )  # fmt: skip
-    print_more(next_cursor)

@@ -17,9 +17,18 @@ from typing import Annotated
 
 import typer
 
-from app.admin.schemas import Page
 from app.admin.webhooks import DeliveryOut, EndpointDeleted, EndpointOut, EndpointWithSecret
-from app.cli.common import Cursor, Json, Limit, print_json, print_more, print_table, run, when
+from app.cli.common import (
+    Cursor,
+    Json,
+    Limit,
+    print_json,
+    print_one,
+    print_page,
+    print_table,
+    run,
+    when,
+)
 from app.cli.common import webhooks_cli as cli
 from app.webhooks.repository import DeliveryRecord, EndpointRecord
 
@@ -70,29 +79,19 @@ def webhooks_create(
 def webhooks_list(limit: Limit = 50, cursor: Cursor = None, as_json: Json = False) -> None:
     """List endpoints."""
     records, next_cursor = run(lambda s: s.webhooks.list_endpoints(limit=limit, cursor=cursor))
-    if as_json:
-        print_json(Page(data=[EndpointOut.of(e) for e in records], next_cursor=next_cursor))
-        return
-    _endpoints(records)
-    print_more(next_cursor)
+    print_page(records, next_cursor, as_json=as_json, out=EndpointOut.of, table=_endpoints)
 
 
 @cli.command("show")
 def webhooks_show(endpoint_id: str, as_json: Json = False) -> None:
     """Show one endpoint (never its secret)."""
     record = run(lambda s: s.webhooks.get_endpoint(endpoint_id))
-    if as_json:
-        print_json(EndpointOut.of(record))
-    else:
-        _endpoints([record])
+    print_one(record, as_json=as_json, out=EndpointOut.of, table=_endpoints)
 
 
 def _set_enabled(endpoint_id: str, enabled: bool, as_json: bool) -> None:
     record = run(lambda s: s.webhooks.update_endpoint(endpoint_id, enabled=enabled))
-    if as_json:
-        print_json(EndpointOut.of(record))
-    else:
-        _endpoints([record])
+    print_one(record, as_json=as_json, out=EndpointOut.of, table=_endpoints)
 
 
 @cli.command("enable")
@@ -129,10 +128,7 @@ def webhooks_delete(endpoint_id: str, as_json: Json = False) -> None:
 def webhooks_test(endpoint_id: str, as_json: Json = False) -> None:
     """Send a `webhook.test` event to the endpoint now; shows the delivery."""
     record = run(lambda s: s.webhooks.test_send(endpoint_id))
-    if as_json:
-        print_json(DeliveryOut.of(record))
-    else:
-        _deliveries([record])
+    print_one(record, as_json=as_json, out=DeliveryOut.of, table=_deliveries)
 
 
 @cli.command("deliveries")
@@ -149,8 +145,4 @@ def webhooks_deliveries(
             endpoint_id=endpoint, state=status, limit=limit, cursor=cursor
         )
     )
-    if as_json:
-        print_json(Page(data=[DeliveryOut.of(d) for d in records], next_cursor=next_cursor))
-        return
-    _deliveries(records)
-    print_more(next_cursor)
+    print_page(records, next_cursor, as_json=as_json, out=DeliveryOut.of, table=_deliveries)

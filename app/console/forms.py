@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Required, TypedDict
 
 from app.catalog.parameters import MAX_PARTIAL_IMAGES, CompiledModel
 from app.catalog.schema import (
@@ -78,54 +78,47 @@ def _json(value: Any) -> str:
 
 
 def parameter_field(name: str, spec: ParameterSpec) -> FormField:
+    return FormField(
+        name=name,
+        default_json=_json(spec.default),
+        description=spec.description,
+        **_input(spec),
+    )
+
+
+class _Input(TypedDict, total=False):
+    """What differs between kinds of parameter: the widget, the encoding and the limits."""
+
+    widget: Required[Widget]
+    type: Required[str]
+    options: list[Option]
+    min: float | int | None
+    max: float | int | None
+    step: str
+    max_length: int | None
+
+
+def _input(spec: ParameterSpec) -> _Input:
     if isinstance(spec, EnumParam):
-        return FormField(
-            name=name,
+        return _Input(
             widget="select",
             type="enum",
-            default_json=_json(spec.default),
-            description=spec.description,
             options=[Option(_json(value), str(value)) for value in spec.values],
         )
     if isinstance(spec, IntegerParam):
-        return FormField(
-            name=name,
+        return _Input(
             widget="number",
             type="integer",
-            default_json=_json(spec.default),
-            description=spec.description,
             min=spec.min,
             max=spec.max,
             step=str(spec.multiple_of or 1),
         )
     if isinstance(spec, NumberParam):
-        return FormField(
-            name=name,
-            widget="number",
-            type="number",
-            default_json=_json(spec.default),
-            description=spec.description,
-            min=spec.min,
-            max=spec.max,
-            step="any",
-        )
+        return _Input(widget="number", type="number", min=spec.min, max=spec.max, step="any")
     if isinstance(spec, BooleanParam):
-        return FormField(
-            name=name,
-            widget="checkbox",
-            type="boolean",
-            default_json=_json(spec.default),
-            description=spec.description,
-        )
+        return _Input(widget="checkbox", type="boolean")
     assert isinstance(spec, StringParam)
-    return FormField(
-        name=name,
-        widget="text",
-        type="string",
-        default_json=_json(spec.default),
-        description=spec.description,
-        max_length=spec.max_length,
-    )
+    return _Input(widget="text", type="string", max_length=spec.max_length)
 
 
 def model_form(model: CompiledModel) -> ModelForm:

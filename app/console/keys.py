@@ -17,6 +17,7 @@ from fastapi import APIRouter, Form, Request
 from starlette.responses import Response
 
 from app.admin.schemas import KeyCreate
+from app.admin.service import create_key_from
 from app.console.web import (
     CsrfChecked,
     GatewayDep,
@@ -28,7 +29,6 @@ from app.console.web import (
     see_other,
 )
 from app.keys.repository import KeyRecord
-from app.ledger.budgets import Budget
 
 router = APIRouter()
 Action = Literal["revoke", "rotate", "delete"]
@@ -124,20 +124,7 @@ async def create_key(
     )
     created = None
     if body is not None:
-        budgets: list[Budget] | None = (
-            None if body.budgets is None else [b.to_budget() for b in body.budgets]
-        )
-        created, error = await attempt(
-            lambda: gateway.keys.create_key(
-                account_id=account_id,
-                name=body.name,
-                models=body.models,
-                rpm=body.rpm,
-                max_concurrency=body.max_concurrency,
-                expires_at=body.expires_at,
-                budgets=budgets,
-            )
-        )
+        created, error = await attempt(lambda: create_key_from(gateway.keys, account_id, body))
     if created is None:
         return render(
             request,

@@ -7,11 +7,19 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from app.adapters.base import AdapterContext
+from app.catalog.schema import ProviderConfig
 from app.settings import Settings
 from app.upstream_client import UpstreamHttp, make_http_client
 from tests.mocks.openai_upstream import MockOpenAIUpstream
 
 UPSTREAM_KEY = "sk-upstream-SECRET-0123456789"
+
+
+def mock_provider(adapter: str, base_url: str, **config: object) -> ProviderConfig:
+    """A catalog provider that calls a real-HTTP mock at `base_url` with `UPSTREAM_KEY` and a
+    10 s timeout; `config` adds or overrides fields."""
+    settings = {"adapter": adapter, "base_url": base_url, "api_key": UPSTREAM_KEY, "timeout_s": 10}
+    return ProviderConfig.model_validate({**settings, **config})
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 
 import anyio
@@ -529,30 +529,28 @@ async def test_deadline_is_upstream_timeout_and_cancels(
     assert next(iter(upstream.jobs.values())).status == "canceled"
 
 
-@pytest.mark.anyio
-async def test_outer_cancel_scope_cancels_the_prediction(
-    upstream: MockReplicateUpstream, context: AdapterContext
-) -> None:
-    upstream.processing_polls = None
-
+async def _in_a_cancel_scope(call: Callable[[], Awaitable[object]]) -> None:
     with anyio.move_on_after(0.2):  # a caller's cancel scope
-        await make_adapter(upstream, context).generate(make_request(), upstream_model="a/b")
-
-    [job] = upstream.jobs.values()
-    [cancel] = upstream.api_requests("POST", "/v1/predictions/")
-    assert cancel.path == f"/v1/predictions/{job.id}/cancel"
-    assert job.status == "canceled"
+        await call()
 
 
-@pytest.mark.anyio
-async def test_router_deadline_cancels_the_prediction(
-    upstream: MockReplicateUpstream, context: AdapterContext
-) -> None:
-    upstream.processing_polls = None
-
+async def _under_a_router_deadline(call: Callable[[], Awaitable[object]]) -> None:
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.2):  # how app.images.routing bounds a route
-            await make_adapter(upstream, context).generate(make_request(), upstream_model="a/b")
+            await call()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("give_up", [_in_a_cancel_scope, _under_a_router_deadline])
+async def test_a_caller_giving_up_cancels_the_prediction(
+    upstream: MockReplicateUpstream,
+    context: AdapterContext,
+    give_up: Callable[[Callable[[], Awaitable[object]]], Awaitable[None]],
+) -> None:
+    upstream.processing_polls = None
+
+    adapter = make_adapter(upstream, context)
+    await give_up(lambda: adapter.generate(make_request(), upstream_model="a/b"))
 
     [job] = upstream.jobs.values()
     [cancel] = upstream.api_requests("POST", "/v1/predictions/")

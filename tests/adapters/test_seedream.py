@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import io
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -35,8 +34,9 @@ from app.errors import (
     UpstreamUnavailable,
 )
 from app.images.codec import image_size, sniff_format
-from tests.adapters.conftest import UPSTREAM_KEY
+from tests.adapters.conftest import UPSTREAM_KEY, mock_provider
 from tests.mocks.seedream_upstream import MockSeedreamUpstream
+from tests.support.processes import free_port
 
 MODEL = "seedream-4-0-250828"
 PROVIDER = ProviderConfig(allow_private_network=True, adapter="seedream", api_key=UPSTREAM_KEY)
@@ -300,16 +300,8 @@ def upstream(_seedream_server: MockSeedreamUpstream) -> MockSeedreamUpstream:
 def make_adapter(
     upstream: MockSeedreamUpstream, context: AdapterContext, **config: object
 ) -> SeedreamAdapter:
-    settings: dict[str, object] = {
-        "adapter": "seedream",
-        "base_url": upstream.base_url,
-        "api_key": UPSTREAM_KEY,
-        "timeout_s": 10,
-    }
-    settings.update(config)
-    return SeedreamAdapter(
-        ProviderConfig.model_validate({"allow_private_network": True, **settings}), context
-    )
+    provider = mock_provider("seedream", upstream.base_url, allow_private_network=True, **config)
+    return SeedreamAdapter(provider, context)
 
 
 @pytest.mark.anyio
@@ -537,9 +529,7 @@ async def test_timeout(upstream: MockSeedreamUpstream, context: AdapterContext) 
 
 @pytest.mark.anyio
 async def test_connection_refused(context: AdapterContext) -> None:
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # bound, then released: nobody listens on it
     adapter = SeedreamAdapter(
         ProviderConfig(
             allow_private_network=True,

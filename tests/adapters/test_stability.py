@@ -31,7 +31,7 @@ from app.errors import (
     UpstreamUnavailable,
 )
 from app.images.codec import encode_b64, image_size, sniff_format
-from tests.adapters.conftest import UPSTREAM_KEY
+from tests.adapters.conftest import UPSTREAM_KEY, mock_provider
 from tests.mocks.openai_upstream import _render
 from tests.mocks.stability_upstream import MockStabilityUpstream
 
@@ -297,14 +297,7 @@ def stability(_stability_server: MockStabilityUpstream) -> MockStabilityUpstream
 def make_adapter(
     upstream: MockStabilityUpstream, context: AdapterContext, **config: object
 ) -> StabilityAdapter:
-    settings: dict[str, object] = {
-        "adapter": "stability",
-        "base_url": upstream.base_url,
-        "api_key": UPSTREAM_KEY,
-        "timeout_s": 10,
-    }
-    settings.update(config)
-    return StabilityAdapter(ProviderConfig.model_validate(settings), context)
+    return StabilityAdapter(mock_provider("stability", upstream.base_url, **config), context)
 
 
 @pytest.mark.anyio

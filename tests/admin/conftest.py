@@ -18,7 +18,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.admin.endpoints import router
 from app.api.errors import register_error_handlers
-from app.db.engine import make_engine
 from app.keys.auth import KeyAuthenticator
 from app.keys.service import KeyService
 from app.ledger.idempotency import IdempotencyStore
@@ -47,13 +46,6 @@ def build_admin_app(gateway: AdminTestGateway) -> FastAPI:
     app.include_router(router)
     app.state.gateway = gateway
     return app
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = make_engine(database_url)
-    yield engine
-    await engine.dispose()
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.db.engine import make_engine
 from app.webhooks.destinations import DestinationPolicy
 from app.webhooks.dispatcher import DeliveryPolicy, Dispatcher, make_client
 from app.webhooks.service import WebhookService
@@ -30,13 +29,6 @@ class Hooks:
     dispatcher: Dispatcher
     service: WebhookService
     receiver: WebhookReceiver
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = make_engine(database_url)
-    yield engine
-    await engine.dispose()
 
 
 @pytest.fixture
