@@ -1,25 +1,16 @@
-"""Fixtures for the key tests: an engine on the per-test database and account factories."""
+"""Fixtures for the key tests: account factories (the `engine` is tests/conftest.py's)."""
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from sqlalchemy import event, insert, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.db.engine import make_engine
 from app.db.models import Account
 from app.keys.service import KeyService
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = make_engine(database_url)
-    yield engine
-    await engine.dispose()
 
 
 @pytest.fixture
