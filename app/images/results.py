@@ -73,7 +73,7 @@ class ResponseBody:
                 pending.append(part)
                 pending_bytes += len(part)
                 continue
-            if pending:
+            if pending_bytes:
                 yield b"".join(pending)
             view = memoryview(part)
             whole = len(view) - len(view) % size
