@@ -48,7 +48,7 @@ _WHITESPACE: Final = b" \t\n\r"
 class Lifted:
     """A body with its large base64 values replaced, and those values by placeholder."""
 
-    skeleton: bytes
+    skeleton: bytes | bytearray
     values: dict[str, memoryview] = field(default_factory=dict)
 
     def value(self, text: str) -> memoryview | None:
@@ -56,7 +56,7 @@ class Lifted:
         return self.values.get(text) if self.values else None
 
 
-def lift_b64_values(body: bytes) -> Lifted:
+def lift_b64_values(body: bytes | bytearray) -> Lifted:
     """`body` with each non-empty `"b64_json"` value replaced by a placeholder (module docstring);
     `Lifted(body)` with nothing lifted whenever anything is unusual."""
     view = memoryview(body)
@@ -91,7 +91,7 @@ def lift_b64_values(body: bytes) -> Lifted:
     return Lifted(skeleton, values)
 
 
-def _value_start(body: bytes, index: int) -> int | None:
+def _value_start(body: bytes | bytearray, index: int) -> int | None:
     """Where the string value after a key ending at `index` starts (after `: "`), if it is
     one within `MAX_WHITESPACE` bytes of whitespace on each side of the colon."""
     colon = _skip_whitespace(body, index)
@@ -103,7 +103,7 @@ def _value_start(body: bytes, index: int) -> int | None:
     return quote + 1
 
 
-def _skip_whitespace(body: bytes, index: int) -> int | None:
+def _skip_whitespace(body: bytes | bytearray, index: int) -> int | None:
     window = body[index : index + MAX_WHITESPACE + 1]
     skipped = len(window) - len(window.lstrip(_WHITESPACE))
     return None if skipped > MAX_WHITESPACE else index + skipped

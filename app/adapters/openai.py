@@ -51,7 +51,7 @@ from app.adapters.upstream_http import (
     deadline,
     download,
     host_of,
-    read_limited,
+    read_buffer,
     redact,
     status_error,
     transport_errors,
@@ -221,7 +221,7 @@ class _WireResponse(BaseModel):
     background: str | None = None
 
 
-def parse_response(body: bytes) -> ParsedResponse:
+def parse_response(body: bytes | bytearray) -> ParsedResponse:
     """A 2xx body -> images (checked base64, or URLs left to download) and token usage.
 
     The base64 is lifted out before the parse (`app.adapters.b64_fields`): a 1024 px answer
@@ -265,7 +265,12 @@ def checked_b64(text: str, lifted: Lifted) -> bytes | memoryview:
 
 
 def map_error(
-    status: int, headers: Mapping[str, str], body: bytes, *, host: str, api_key: str | None
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes | bytearray,
+    *,
+    host: str,
+    api_key: str | None,
 ) -> GatewayError:
     """A non-2xx upstream answer -> the gateway error the client (and the router) sees."""
     message, err_type, code = _error_fields(body)
@@ -275,7 +280,7 @@ def map_error(
     return status_error(status, headers, host=host, detail=detail)
 
 
-def _error_fields(body: bytes) -> tuple[str, str | None, str | None]:
+def _error_fields(body: bytes | bytearray) -> tuple[str, str | None, str | None]:
     """(message, type, code) of an OpenAI-shaped error `{"error": {...}}`, leniently."""
     try:
         payload = orjson.loads(body)
@@ -364,7 +369,8 @@ class OpenAIAdapter:
                 files=call.files,
                 timeout=self._timeout_s,
             ) as response:
-                body = await read_limited(response, body_limit, what=f"answer from {self._host}")
+                # one buffer, which the images' base64 (and the response) will be views into
+                body = await read_buffer(response, body_limit, what=f"answer from {self._host}")
         if not response.is_success:
             raise map_error(
                 response.status_code,

@@ -84,17 +84,37 @@ def transport_errors(host: str, timeout_s: float) -> Iterator[None]:
 
 async def read_limited(response: UpstreamResponse, limit: int, *, what: str) -> bytes:
     """The body of a streamed response, aborting as soon as it grows past `limit` bytes."""
+    return bytes(await read_buffer(response, limit, what=what))
+
+
+async def read_buffer(response: UpstreamResponse, limit: int, *, what: str) -> bytearray:
+    """`read_limited`'s body in one buffer, never joined from pieces: allocated once at the
+    declared Content-Length (for an unencoded body; one over `limit` is refused before a byte
+    is read) and filled in place, so a multi-megabyte answer is held once while it arrives.
+    A body longer or shorter than it declared is an `UpstreamError` (502), as is one past
+    `limit`; without a usable Content-Length the buffer grows as the body comes."""
     declared = response.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise UpstreamError(f"{what} is {declared} bytes, over the {limit}-byte limit")
-    chunks: list[bytes] = []
+    # a decoded (gzip, br...) body is not the length its header declares
+    identity = response.headers.get("content-encoding", "identity").lower() == "identity"
+    expected = int(declared) if declared is not None and declared.isdigit() and identity else None
+    buffer = bytearray(expected or 0)
     size = 0
     async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > limit:
+        end = size + len(chunk)
+        if end > limit:
             raise UpstreamError(f"{what} exceeds the {limit}-byte limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        if expected is None:
+            buffer += chunk
+        elif end > expected:
+            raise UpstreamError(f"{what} is longer than its declared {expected} bytes")
+        else:
+            buffer[size:end] = chunk
+        size = end
+    if expected is not None and size != expected:
+        raise UpstreamError(f"{what} is {size} bytes, shorter than its declared {expected}")
+    return buffer
 
 
 async def download(

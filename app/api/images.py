@@ -6,6 +6,7 @@ from typing import Any, Final
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from app.api.deps import (
     CurrentKey,
@@ -25,6 +26,7 @@ from app.api.schemas import (
     ImagesResponse,
 )
 from app.api.streaming import ImageEventResponse
+from app.images.results import ResponseBody
 from app.images.service import CallContext, Endpoint, Result
 from app.images.streaming import ImageEventStream
 from app.keys.auth import AuthenticatedKey
@@ -125,7 +127,32 @@ def call_context(request: Request, key: AuthenticatedKey, endpoint: Endpoint) ->
     )
 
 
+class PiecewiseResponse(Response):
+    """A rendered body written as its pieces (`ResponseBody.chunks`), never joined: the server
+    waits for each to drain before taking the next, so a multi-megabyte image is not copied
+    whole into the socket's send buffer. Headers as `Response` sends them."""
+
+    def __init__(self, body: ResponseBody, *, status_code: int, media_type: str) -> None:
+        self.status_code = status_code
+        self.media_type = media_type
+        self.background = None
+        self.body = b""  # never read: `pieces` is what is sent
+        self.pieces = body
+        self.init_headers({"content-length": str(len(body))})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        for chunk in self.pieces.chunks():
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
 def respond(result: Result) -> Response:
     if isinstance(result, ImageEventStream):
         return ImageEventResponse(result)
-    return Response(result.body, status_code=result.status_code, media_type=result.media_type)
+    body, status_code, media_type = result.body, result.status_code, result.media_type
+    if isinstance(body, ResponseBody):
+        return PiecewiseResponse(body, status_code=status_code, media_type=media_type)
+    return Response(body, status_code=status_code, media_type=media_type)

@@ -43,6 +43,7 @@ from typing import Any, Final, Literal
 from app.catalog.live import CatalogSnapshot
 from app.catalog.parameters import CompiledModel, ValidatedGeneration
 from app.errors import GatewayError, ServiceUnavailable
+from app.images.results import Body
 from app.images.routing import RouteTrace
 from app.keys.auth import AuthenticatedKey
 from app.ledger.idempotency import Claim, IdempotencyStore, StoredResponse, request_hash
@@ -96,7 +97,7 @@ class Outcome:
     """A complete response (also a stored Idempotency-Key replay)."""
 
     status_code: int
-    body: bytes
+    body: Body
     media_type: str = JSON
 
 
@@ -185,9 +186,9 @@ class Admission:
         self.trace = RouteTrace()
         #: what the ledger took at the settle (micro-dollars)
         self.charged_micros = 0
-        self._body: bytes | None = None
+        self._body: Body | None = None
         #: the settle under way, with the cost it settles and the body rendered for that cost
-        self._settling: tuple[asyncio.Future[SettleOutcome], int, bytes] | None = None
+        self._settling: tuple[asyncio.Future[SettleOutcome], int, Body] | None = None
         self._exited = False
 
     # acquiring -----------------------------------------------------------------------------
@@ -235,7 +236,7 @@ class Admission:
         return None
 
     # inside the work -----------------------------------------------------------------------
-    async def settle(self, *, cost_micros: int, images: int, body: bytes) -> int:
+    async def settle(self, *, cost_micros: int, images: int, body: Body) -> int:
         """Settle the hold to the actual cost; return what the ledger actually took.
 
         `body`: the response rendered for `cost_micros`; it is delivered (stored under the
@@ -282,7 +283,7 @@ class Admission:
     def _route(self) -> str | None:
         return str(self.trace) if self.trace.attempts else None
 
-    def deliver(self, body: bytes) -> None:
+    def deliver(self, body: Body) -> None:
         """The response re-rendered for what the ledger took, when that was not the cost
         `settle` was given: the exit stores it under the Idempotency-Key."""
         self._body = body
@@ -338,7 +339,7 @@ class Admission:
         except Exception:
             logger.exception("request %s: releasing its rate-limit lease failed", request_id)
 
-    async def _finish_claim(self, claim: Claim, delivered: bytes | None) -> None:
+    async def _finish_claim(self, claim: Claim, delivered: Body | None) -> None:
         store = self._admissions.idempotency
         if delivered is not None:
             try:

@@ -4,8 +4,11 @@ Every image, whatever the provider, goes through the same steps once: sniff the 
 from its magic bytes (never trusting the provider's word), transcode when it is not the
 requested `output_format` (in a worker thread), read the real size from the header, and
 base64-encode it exactly once. The JSON body is assembled around the base64 bytes rather than
-passing them through a serializer (base64 never needs JSON escaping), so a multi-megabyte
-image costs one encode and one join.
+passing them through a serializer (base64 never needs JSON escaping), and is never joined: it
+stays the pieces it is made of (`ResponseBody`), each image's base64 a view into the provider's
+answer, written to the client piece by piece (`app.api.images.respond`). A multi-megabyte image
+passed through is therefore held once (the provider's answer) from its arrival to its last
+byte sent; only an Idempotency-Key's stored copy joins the pieces.
 
 The body is openai-python's `ImagesResponse` field for field (and the stream events are its
 `ImageGenStreamEvent` / `ImageEditStreamEvent`), so clients that validate against the SDK
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -42,6 +46,47 @@ HEAD_BYTES: Final = 64 * 1024
 RESPONSE_QUALITIES: Final = frozenset({"low", "medium", "high", "xhigh", "max"})
 EVENT_QUALITIES: Final = RESPONSE_QUALITIES | {"auto"}
 BACKGROUNDS: Final = frozenset({"transparent", "opaque"})
+#: the largest piece a body is written in: each is copied once more, into the socket's send
+#: buffer, and the next is written only once that buffer has drained
+WRITE_CHUNK_BYTES: Final = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseBody:
+    """A rendered body as its pieces (each image's base64 uncopied); `bytes()` joins them."""
+
+    parts: tuple[bytes | memoryview, ...]
+
+    def __len__(self) -> int:
+        return sum(len(part) for part in self.parts)
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self.parts)
+
+    def chunks(self, size: int = WRITE_CHUNK_BYTES) -> Iterator[bytes | memoryview]:
+        """The body in order, in pieces of at most `size` bytes: small parts joined, large
+        ones sliced (views, not copies)."""
+        pending: list[bytes | memoryview] = []
+        pending_bytes = 0
+        for part in self.parts:
+            if pending_bytes + len(part) <= size:
+                pending.append(part)
+                pending_bytes += len(part)
+                continue
+            if pending_bytes:
+                yield b"".join(pending)
+            view = memoryview(part)
+            whole = len(view) - len(view) % size
+            for start in range(0, whole, size):
+                yield view[start : start + size]
+            pending, pending_bytes = [view[whole:]], len(view) - whole
+        if pending_bytes:
+            yield b"".join(pending)
+
+
+#: a whole response as it is carried to the client: one bytes (a stored replay, a stream's
+#: events) or a rendered body's pieces
+Body = bytes | ResponseBody
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +234,7 @@ def render_body(
     response_format: str,
     delivery: Delivery,
     created: int | None = None,
-) -> bytes:
+) -> ResponseBody:
     """The `ImagesResponse` JSON, with each image's base64 spliced in as raw bytes."""
     images, output_format = delivery.images, request.output_format
     first = images[0]
@@ -208,7 +253,7 @@ def render_body(
         opening = b'{"url":"data:image/' + output_format.encode() + b";base64,"
     else:
         opening = b'{"b64_json":"'
-    # one join: the (multi-megabyte) base64 of each image is copied exactly once
+    # the (multi-megabyte) base64 of each image is a part of its own, never copied here
     parts: list[bytes | memoryview] = [head[:-1], b',"data":[']
     for index, image in enumerate(images):
         extra: dict[str, Any] = {"index": index}
@@ -220,4 +265,4 @@ def render_body(
         parts += (opening, image.b64, b'",', orjson.dumps(extra)[1:])
     tail = orjson.dumps({"usage": usage_block(delivery.cost_micros, delivery.usage)})
     parts += (b"],", tail[1:])
-    return b"".join(parts)
+    return ResponseBody(tuple(parts))

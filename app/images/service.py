@@ -73,7 +73,14 @@ from app.images.admission import (
     log_unbilled,
 )
 from app.images.edits import RequestBody, check_images, edit_fingerprint
-from app.images.results import Delivery, FinishedImage, finish_image, finish_images, render_body
+from app.images.results import (
+    Delivery,
+    FinishedImage,
+    ResponseBody,
+    finish_image,
+    finish_images,
+    render_body,
+)
 from app.images.routing import Router
 from app.images.streaming import ImageEventStream, StreamShape
 from app.images.work import ImageWorkPool
@@ -82,6 +89,8 @@ from app.keys.auth import AuthenticatedKey
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+#: what a render produces: a JSON body's pieces, or a stream's completed events
+B = TypeVar("B", bytes, ResponseBody)
 
 __all__ = [
     "EVENT_STREAM",
@@ -103,7 +112,7 @@ STREAM_PREFIX: Final[dict[Endpoint, str]] = {
 #: what a request turns into: a whole response, or events still to come
 Result = Outcome | ImageEventStream
 #: turns a settled delivery into the bytes the client gets (a JSON body, or SSE events)
-Render = Callable[[Delivery], bytes]
+Render = Callable[[Delivery], B]
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,9 +308,9 @@ class ImageService:
     async def _work(
         self,
         admission: Admission,
-        render: Render,
+        render: Render[B],
         on_partial: Callable[[FinishedImage], Coroutine[Any, Any, None]] | None = None,
-    ) -> bytes:
+    ) -> B:
         """Call the provider, render, settle, deliver: the bytes the client gets."""
         request = admission.request
         ctx, model = request.ctx, request.model
@@ -368,7 +377,7 @@ class ImageService:
         return body
 
 
-def _render(admission: Admission, delivery: Delivery) -> bytes:
+def _render(admission: Admission, delivery: Delivery) -> ResponseBody:
     validated = admission.request.validated
     return render_body(
         model_id=admission.request.model.id,

@@ -43,6 +43,7 @@ import logging
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import SupportsBytes
 
 from sqlalchemy import ColumnElement, and_, delete, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -213,11 +214,17 @@ class IdempotencyStore:
         async with self._engine.begin() as connection:
             return (await connection.execute(statement)).first() is not None
 
-    async def complete(self, claim: Claim, *, status_code: int, body: bytes, ttl_s: int) -> bool:
+    async def complete(
+        self, claim: Claim, *, status_code: int, body: SupportsBytes, ttl_s: int
+    ) -> bool:
         """Store the response of a request this caller owns, for replays during `ttl_s`.
+
+        `body` is joined here (`bytes(body)`, no copy for a `bytes`): a response carried as
+        pieces (`app.images.results.ResponseBody`) is joined only when a key stores it.
 
         False (and a warning): the claim was no longer this caller's; nothing was written.
         """
+        stored_body = bytes(body)
         async with self._engine.begin() as connection:
             result = await connection.execute(
                 update(IdempotencyRecord)
@@ -225,7 +232,7 @@ class IdempotencyStore:
                 .values(
                     state="done",
                     status_code=status_code,
-                    response_body=body,
+                    response_body=stored_body,
                     expires_at=utc_now() + timedelta(seconds=ttl_s),
                 )
                 .returning(IdempotencyRecord.scope)

@@ -39,14 +39,16 @@ async def test_matching_format_passes_the_providers_base64_through_undecoded() -
         done = await finish_image(image, output_format="png", max_pixels=10_000)
         assert done is not None and (done.width, done.height) == (40, 30)
         assert done.b64 is b64  # the very bytes the provider sent
-        body = render_body(
-            model_id="m",
-            request=ImageRequest(
-                prompt="p", n=1, output_format="png", sizing="none", size=None, params={}
-            ),
-            response_format="b64_json",
-            delivery=Delivery([done], 1, None),
-            created=1,
+        body = bytes(
+            render_body(
+                model_id="m",
+                request=ImageRequest(
+                    prompt="p", n=1, output_format="png", sizing="none", size=None, params={}
+                ),
+                response_format="b64_json",
+                delivery=Delivery([done], 1, None),
+                created=1,
+            )
         )
     # only the header prefix was ever decoded
     assert all(len(call.args[0]) <= -(-HEAD_BYTES // 3) * 4 for call in decode.call_args_list)
@@ -154,7 +156,7 @@ async def test_body_reports_background_quality_and_format_as_the_sdk_allows() ->
     def body(images: list[FinishedImage], req: ImageRequest, **said: str) -> dict[str, object]:
         delivery = Delivery(images, 1, None, said.get("quality"), said.get("background"))
         raw = render_body(model_id="m", request=req, response_format="b64_json", delivery=delivery)
-        parsed: dict[str, object] = orjson.loads(raw)
+        parsed: dict[str, object] = orjson.loads(bytes(raw))
         return parsed
 
     plain = body([opaque], request(quality="auto", params={"background": "transparent"}))

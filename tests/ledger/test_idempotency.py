@@ -9,6 +9,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.errors import Conflict, InvalidParameter
+from app.images.results import ResponseBody
 from app.ledger.idempotency import (
     MAX_KEY_LENGTH,
     Claim,
@@ -71,6 +72,19 @@ async def test_own_then_replay(engine: AsyncEngine) -> None:
     # scopes are separate: the same key in another account is a new request
     other = await store.begin(scope="gen:acct_2", key="k1", request_hash=HASH_A, ttl_s=60)
     assert isinstance(other, Claim) and other.owner != owned.owner
+
+
+async def test_a_body_stored_as_pieces_replays_as_the_same_bytes(engine: AsyncEngine) -> None:
+    """A rendered body reaches the store as its pieces (a view into the provider's answer
+    among them, several write chunks long); the replay is exactly the bytes that were sent."""
+    answer = bytearray(b"QUJD" * 200_000)  # 800 kB of base64
+    body = ResponseBody((b'{"data":[{"b64_json":"', memoryview(answer)[4:-4], b'"}]}'))
+    store = IdempotencyStore(engine)
+    assert await store.complete(await claim(store), status_code=200, body=body, ttl_s=60)
+    replay = await store.begin(scope=SCOPE, key="k1", request_hash=HASH_A, ttl_s=60)
+    assert isinstance(replay, StoredResponse)
+    assert replay.body == bytes(body) == b"".join(body.chunks())
+    assert len(replay.body) == len(body) == 800_000 - 8 + 26
 
 
 async def test_keys_longer_than_the_column_are_a_400(engine: AsyncEngine) -> None:
