@@ -118,7 +118,11 @@ def build_table(results: Results, chosen: list[Scenario], *, cores: int) -> list
                 if wall is not None:
                     ok = med(sid, name, "ok") or 0
                     share = 100 * ok / scenario.requests
-                    row.cells[name] = f"{wall:.1f} s, {share:.0f}% ok{_rss(results, sid, name)}"
+                    after = med(sid, name, "rss_after_mb")
+                    idle = "" if after is None else f" ({after:.0f} MB idle after)"
+                    row.cells[name] = (
+                        f"{wall:.1f} s, {share:.0f}% ok{_rss(results, sid, name)}{idle}"
+                    )
             gw, ll = med(sid, "gateway", "wall_s"), med(sid, "litellm", "wall_s")
             if gw and ll:
                 row.ratio = ll / gw

@@ -56,6 +56,8 @@ def test_smoke_run_serves_every_scenario_and_writes_the_report(
             for metrics in rounds:
                 assert metrics["ok"] > 0 and metrics["errors"] == 0, (scenario, target, metrics)
     assert runs["S6"]["gateway2"][0]["exact"] is True  # the books of the hot account balance
+    # the burst runs after the rest, and what it leaves resident is read once it is over
+    assert runs["S5"]["gateway"][0]["rss_after_mb"] > 0
     assert {"direct", "gateway", "sqlite"} <= set(runs["S2"])
     results = (tmp_path / "RESULTS.md").read_text()
     assert "SMOKE RUN" in results and "| S8 " in results
