@@ -33,7 +33,6 @@ from app.bootstrap import demo_banner, ensure_demo_key
 from app.db.engine import engine_for
 from app.db.migrate import upgrade
 from app.db.pool import ConnectionBudget, max_connections
-from app.http_protocol import HeadWithBodyProtocol
 from app.observability.multiproc import metrics_directory, worker_died
 from app.observability.setup import configure_process_logging
 from app.preflight import check_catalog, check_services
@@ -120,7 +119,6 @@ def uvicorn_config(
         access_log=access_log,
         proxy_headers=True,
         server_header=False,
-        http=HeadWithBodyProtocol,  # httptools; a response's head and body in one write
         log_config=None,  # the gateway's handlers (configured above and in each worker)
     )
 

@@ -15,7 +15,6 @@ from typing import Any
 
 import uvicorn
 
-from app.http_protocol import HeadWithBodyProtocol
 from app.main import create_app
 from app.settings import Settings
 from tests.support.sdk_contract import ContractCheckedApp
@@ -46,7 +45,6 @@ class LiveGateway:
             log_level="warning",
             lifespan="on",
             access_log=False,
-            http=HeadWithBodyProtocol,  # as `image-gateway serve` runs it
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
