@@ -78,10 +78,21 @@ def is_outage(exc: BaseException) -> bool:
         return True
     if isinstance(exc, asyncpg.InterfaceError):  # raw driver use (`app.db.raw`): closed
         return True
+    if _driver_lost_track(exc):
+        return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
     code = sqlstate(exc)
     return code is not None and code[:2] in _OUTAGE_CLASSES
+
+
+def _driver_lost_track(exc: BaseException) -> bool:
+    """asyncpg's own state machine gave up: seen when the server ended the session (a
+    terminated backend's FATAL arriving while the connection was idle) and the next statement
+    found the protocol mid-operation ("cannot switch to state ..."). The session is gone:
+    an outage, and the connection is never reused."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    return isinstance(orig, asyncpg.InternalClientError)
 
 
 def _is_schema_error(exc: BaseException) -> bool:

@@ -10,10 +10,12 @@ from typing import Any
 import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.db import raw
+from app.db import faults, raw
 from app.db.engine import make_engine
+from app.db.faults import DatabaseUnavailable
 from app.db.raw import RawStatement, raw_connection
 
 pytestmark = pytest.mark.anyio
@@ -101,8 +103,24 @@ async def test_a_broken_connection_is_invalidated_and_replaced(
         pid = (await connection.fetch(RawStatement("SELECT pg_backend_pid() AS pid"), {}))[0]
     await _terminate(postgres_session_url, pid["pid"])
     spawns.clear()
-    with pytest.raises(Exception):  # noqa: B017 - DatabaseUnavailable or the driver's error
+    # asyncpg says "connection is closed" or, when the FATAL of the terminated backend came in
+    # while it was idle, "cannot switch to state ...": an outage (503) either way
+    with pytest.raises(DatabaseUnavailable):
         await _select_one(engine)
     assert "invalidate" in spawns and "close" in spawns
     assert _pool_counts(engine)[1] == 0
     assert await _select_one(engine) == 1
+
+
+def test_asyncpg_losing_track_of_a_dead_session_is_an_outage_that_drops_the_connection() -> None:
+    # what asyncpg raises, raw or wrapped by SQLAlchemy, when a terminated backend's FATAL
+    # arrived while the connection was idle: a 503 (not a 500) and never back into the pool
+    lost = asyncpg.InternalClientError("cannot switch to state 11; another operation is running")
+    wrapped = DBAPIError("SELECT 1", None, lost)
+    for exc in (lost, wrapped):
+        assert faults.is_outage(exc)
+        assert not faults.connection_still_good(exc)
+    connection = raw.RawConnection(driver=None)
+    assert isinstance(connection._classified(lost, SELECT_ONE), DatabaseUnavailable)
+    assert connection.broken is lost
+    assert not faults.is_outage(asyncpg.UniqueViolationError("duplicate key"))
