@@ -38,8 +38,10 @@ from app.adapters.base import ImageRequest
 from app.errors import GatewayError
 from app.images.results import (
     EVENT_QUALITIES,
+    Body,
     Delivery,
     FinishedImage,
+    ResponseBody,
     reported_quality,
     requested_background,
     usage_block,
@@ -145,7 +147,7 @@ class ImageEventStream:
         self._shape = shape
         self._keepalive_s = keepalive_s
         self.drain_s = drain_s
-        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[Body | None] = asyncio.Queue()
         self._partials = 0
         #: the work, started at once; kept to cancel it when a shutdown's grace runs out
         self._work = start(self)
@@ -158,14 +160,14 @@ class ImageEventStream:
         self._partials += 1
         self._queue.put_nowait(b"".join(image_event(name, payload, image.b64)))
 
-    def render_completed(self, delivery: Delivery) -> bytes:
-        """The completed events of a settled delivery (sent, and stored for replays), in one
-        join: each image's base64 is copied once."""
-        return b"".join(
-            [part for event in _completed_parts(self._shape, delivery) for part in event]
+    def render_completed(self, delivery: Delivery) -> ResponseBody:
+        """The completed events of a settled delivery, as their pieces: each image's base64
+        uncopied (sent in bounded pieces; joined only if stored for an Idempotency-Key)."""
+        return ResponseBody(
+            tuple(part for event in _completed_parts(self._shape, delivery) for part in event)
         )
 
-    def send(self, events: bytes) -> None:
+    def send(self, events: Body) -> None:
         self._queue.put_nowait(events)
 
     def fail(self, error: GatewayError) -> None:
@@ -175,14 +177,23 @@ class ImageEventStream:
         self._queue.put_nowait(None)
 
     # the response's side -----------------------------------------------------------------
-    async def events(self, shutdown: anyio.Event | None = None) -> AsyncIterator[bytes]:
-        """The stream's bytes until the work ends; `shutdown`: set when the server stops."""
+    async def events(
+        self, shutdown: anyio.Event | None = None
+    ) -> AsyncIterator[bytes | memoryview]:
+        """The stream's bytes until the work ends; `shutdown`: set when the server stops.
+
+        A multi-megabyte completed event goes out in pieces of at most `WRITE_CHUNK_BYTES`,
+        as a plain body does: as one message the server would copy it whole again to frame
+        it as a chunk, and once more into the transport's buffer for what the socket does
+        not take at once."""
         drain = None
         if shutdown is not None:
             drain = asyncio.create_task(self._drain_after(shutdown), name="image-stream-drain")
         try:
             while (item := await self._next()) is not None:
-                yield item
+                body = item if isinstance(item, ResponseBody) else ResponseBody((item,))
+                for piece in body.chunks():
+                    yield piece
         finally:
             # the client may be gone: the work goes on to its exit regardless
             if drain is not None:
@@ -197,7 +208,7 @@ class ImageEventStream:
             )
             self._work.cancel()  # refunded by its exit, which ends the stream with an error
 
-    async def _next(self) -> bytes | None:
+    async def _next(self) -> Body | None:
         try:
             return await asyncio.wait_for(self._queue.get(), self._keepalive_s)
         except TimeoutError:

@@ -5,6 +5,7 @@ the images' base64 is never copied on the way (views into the provider's answer)
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import random
@@ -26,6 +27,7 @@ from app.images.results import (
     finish_image,
     render_body,
 )
+from app.images.streaming import ImageEventStream, StreamShape
 
 pytestmark = pytest.mark.anyio
 
@@ -155,3 +157,22 @@ def test_any_chunk_size_gives_the_same_bytes(size: int) -> None:
     chunks = list(rendered.chunks(size))
     assert b"".join(chunks) == b"".join(parts)
     assert all(0 < len(chunk) <= size for chunk in chunks)
+
+
+async def test_a_streams_large_event_is_sent_in_bounded_pieces_small_ones_whole() -> None:
+    event = b"event: image_generation.completed\ndata: " + b"A" * (3 * WRITE_CHUNK_BYTES + 7)
+
+    def start(stream: ImageEventStream) -> asyncio.Task[None]:
+        async def work() -> None:
+            stream.send(b"event: small\n\n")
+            stream.send(event)
+            stream.end()
+
+        return asyncio.ensure_future(work())
+
+    shape = StreamShape("image_generation", None, None, "png")
+    stream = ImageEventStream(start=start, shape=shape, keepalive_s=60, drain_s=1)
+    pieces = [piece async for piece in stream.events()]
+    assert pieces[0] == b"event: small\n\n"
+    assert b"".join(pieces[1:]) == event
+    assert len(pieces) == 1 + 4 and all(len(p) <= WRITE_CHUNK_BYTES for p in pieces)
