@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from app.errors import PayloadTooLarge
+from app.api.body import LimitedBody
 from app.gateway import Gateway
 from app.keys.auth import AuthenticatedKey
 from app.observability.facts import note_key
@@ -39,13 +39,8 @@ async def read_body(request: Request, limit: int) -> bytearray:
     actually received are counted as they arrive (a client may send no length, or lie), and
     go straight into one growing buffer: no list of chunks joined into a second copy.
     """
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"The request body exceeds the limit of {limit} bytes.")
     body = bytearray()
-    async for chunk in request.stream():
-        if len(body) + len(chunk) > limit:
-            raise PayloadTooLarge(f"The request body exceeds the limit of {limit} bytes.")
+    async for chunk in LimitedBody(request, limit):
         body += chunk
     return body
 

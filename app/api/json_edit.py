@@ -33,6 +33,7 @@ from typing import Any, Final
 import orjson
 from starlette.requests import Request
 
+from app.api.body import LimitedBody
 from app.errors import InvalidRequest, PayloadTooLarge
 from app.images.codec import MAX_DATA_URI_HEADER
 from app.images.edits import RawText, RequestBody, edit_body_from_json
@@ -256,16 +257,9 @@ async def read_edit_json(
     request: Request, *, max_request_bytes: int, max_image_bytes: int
 ) -> RequestBody:
     """A JSON edit as a `RequestBody`: fields parsed, data URIs checked but not decoded."""
-    too_large = PayloadTooLarge(f"The request body exceeds the limit of {max_request_bytes} bytes.")
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_request_bytes:
-        raise too_large
+    body = LimitedBody(request, max_request_bytes)
     splitter = _Splitter(max_string_bytes=max_data_uri_bytes(max_image_bytes))
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_request_bytes:
-            raise too_large
+    async for chunk in body:
         splitter.feed(chunk)
     splitter.finish()
     return parse_split_body(splitter, max_image_bytes=max_image_bytes)

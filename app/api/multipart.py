@@ -22,6 +22,7 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
+from app.api.body import LimitedBody
 from app.errors import InvalidParameter, InvalidRequest, PayloadTooLarge
 from app.images.edits import RequestBody
 
@@ -118,10 +119,7 @@ async def read_edit_form(
     request: Request, *, max_request_bytes: int, max_image_bytes: int
 ) -> RequestBody:
     """The multipart edit as a `RequestBody` (fields as strings, images as raw bytes)."""
-    too_large = PayloadTooLarge(f"The request body exceeds the limit of {max_request_bytes} bytes.")
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_request_bytes:
-        raise too_large
+    body = LimitedBody(request, max_request_bytes)
     _, params = parse_options_header(request.headers.get("content-type", ""))
     boundary = params.get(b"boundary")
     if not boundary:
@@ -144,12 +142,8 @@ async def read_edit_form(
             "on_end": reader.on_end,
         },
     )
-    size = 0
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_request_bytes:
-                raise too_large
+        async for chunk in body:
             parser.write(chunk)
         parser.finalize()
     except FormParserError as exc:
